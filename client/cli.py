@@ -1,0 +1,63 @@
+"""`fer-triton infer`: classify image files with one gRPC batch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+
+@click.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-u", "--url", default="127.0.0.1:8001", show_default=True, help="Triton gRPC address.")
+@click.option("-m", "--model", default="cafe", show_default=True, help="Ensemble name.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON Lines instead of a table.")
+@click.option("-v", "--verbose", is_flag=True, help="Print gRPC requests (tritonclient verbose).")
+def infer(images, url, model, as_json, verbose):
+    """Classify face images (files or folders; any size, RGB/grayscale/RGBA) in one batch."""
+    from fer_triton.client.grpc_client import FerClient, FerInputError, FerServerError
+    from fer_triton.images import ImageReadError, list_images, read_face
+
+    with FerClient(url, model, verbose=verbose) as client:
+        try:
+            info = client.info()
+        except FerServerError as exc:
+            raise click.ClickException(str(exc)) from exc
+        faces, names, failed = [], [], []
+        for path in list_images(list(images)):
+            try:
+                faces.append(read_face(path, info.wire_size))
+                names.append(str(path))
+            except ImageReadError as exc:
+                failed.append((str(path), str(exc)))
+        results = []
+        if faces:
+            try:
+                out = client.infer_all(np.stack(faces))
+            except (FerInputError, FerServerError) as exc:
+                raise click.ClickException(str(exc)) from exc
+            results = list(zip(names, out.labels, out.probabilities))
+    if info.random_weights and not as_json:
+        click.echo("WARNING: the served model uses RANDOM CLIP weights: labels are meaningless.", err=True)
+    if as_json:
+        for name, label, probs in results:
+            click.echo(json.dumps({"image": name, "label": label,
+                                   "probabilities": dict(zip(info.classes, map(float, probs)))}))
+        for name, error in failed:
+            click.echo(json.dumps({"image": name, "error": error}))
+    else:
+        click.echo(format_table(results, info.classes))
+        for name, error in failed:
+            click.echo(f"ERROR {error}", err=True)
+    if failed:
+        sys.exit(1 if not results else 2)  # 2: partial success
+
+
+def format_table(results, classes) -> str:
+    width = max([len("image")] + [len(n) for n, _, _ in results])
+    head = f"{'image':<{width}}  {'label':<8}  " + " ".join(f"{c[:8]:>8}" for c in classes)
+    rows = [f"{n:<{width}}  {label:<8}  " + " ".join(f"{p:8.4f}" for p in probs) for n, label, probs in results]
+    return "\n".join([head, *rows])

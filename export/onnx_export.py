@@ -1,0 +1,177 @@
+"""Convert each CAFE stage to ONNX and validate it against PyTorch on the same inputs.
+
+Like optimum's exporters: every stage declares its inputs, outputs and dynamic axes, and an export
+always runs the ONNX graph with onnxruntime and fails loudly when it differs from PyTorch.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from fer_triton.model import CAFE, Preprocess
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+DEFAULT_ATOL = 1e-4
+
+
+class ExportValidationError(RuntimeError):
+    """An exported ONNX graph does not reproduce the PyTorch outputs within tolerance."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One Triton model's graph: tensor names are the repository's public API."""
+
+    name: str                      # Triton model name
+    module: nn.Module
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    sample: Callable[[int, torch.Generator], tuple[torch.Tensor, ...]]
+
+
+@dataclass
+class StageReport:
+    name: str
+    path: Path
+    max_abs_diff: dict[str, float]
+
+    @property
+    def worst(self) -> float:
+        return max(self.max_abs_diff.values())
+
+
+class _HeadGraph(nn.Module):
+    """Head stage with plain tuple outputs for ONNX."""
+
+    def __init__(self, model: CAFE):
+        super().__init__()
+        self.head = model.head
+
+    def forward(self, clip_features, mask_logits):
+        return self.head(clip_features, mask_logits)
+
+
+def stage_specs(model: CAFE, wire_size: int, names: dict[str, str]) -> list[StageSpec]:
+    """The four graphs of the ensemble, with sample inputs shaped as Triton will feed them."""
+    preprocess = Preprocess()
+
+    def faces(batch, gen):
+        return (torch.randint(0, 256, (batch, wire_size, wire_size, 3), dtype=torch.uint8, generator=gen),)
+
+    def pixels(batch, gen):
+        # Realistic pixel statistics: normalised random images, not unit Gaussians.
+        return (preprocess(faces(batch, gen)[0]),)
+
+    def head_inputs(batch, gen):
+        px = pixels(batch, gen)[0]
+        with torch.no_grad():
+            return model.clip(px), model.mask_net(px)
+
+    return [
+        StageSpec(names["preprocess"], preprocess, ("faces",), ("pixels",), faces),
+        StageSpec(names["clip_encoder"], model.clip, ("pixels",), ("clip_features",), pixels),
+        StageSpec(names["mask_net"], model.mask_net, ("pixels",), ("mask_logits",), pixels),
+        StageSpec(names["head"], _HeadGraph(model), ("clip_features", "mask_logits"),
+                  ("masked_features", "logits", "probabilities"), head_inputs),
+    ]
+
+
+def export_stage(spec: StageSpec, path: Path, *, batch: int = 3, atol: float = DEFAULT_ATOL,
+                 seed: int = 0) -> StageReport:
+    """Write ``spec`` as ONNX to ``path`` (dynamic batch axis) and validate it with onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    sample = spec.sample(batch, gen)
+    spec.module.eval()
+    dynamic_axes = {n: {0: "batch"} for n in spec.inputs + spec.outputs}
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # nn.MultiheadAttention's inference fast path is a fused op ONNX cannot express.
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
+            torch.onnx.export(spec.module, sample, str(path), input_names=list(spec.inputs),
+                              output_names=list(spec.outputs), dynamic_axes=dynamic_axes,
+                              opset_version=OPSET, dynamo=False)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    onnx.checker.check_model(str(path))
+
+    # Validate on a different batch size than the trace, to prove the batch axis is dynamic.
+    check = spec.sample(batch + 2, gen)
+    with torch.no_grad():
+        expected = spec.module(*check)
+    if isinstance(expected, torch.Tensor):
+        expected = (expected,)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(list(spec.outputs), {n: t.numpy() for n, t in zip(spec.inputs, check)})
+    diffs = {}
+    for out_name, exp, act in zip(spec.outputs, expected, got):
+        exp = exp.numpy()
+        if exp.shape != act.shape:
+            raise ExportValidationError(f"{spec.name}: output {out_name} has shape {act.shape}, PyTorch {exp.shape}")
+        diffs[out_name] = float(np.max(np.abs(exp.astype(np.float64) - act.astype(np.float64))))
+    report = StageReport(spec.name, path, diffs)
+    if report.worst > atol:
+        raise ExportValidationError(
+            f"{spec.name}: ONNX differs from PyTorch by {report.worst:.3g} (> atol {atol:g}) in "
+            + ", ".join(f"{k}={v:.3g}" for k, v in diffs.items())
+        )
+    return report
+
+
+def export_onnx_stages(model: CAFE, out_dir: Path, wire_size: int, names: dict[str, str], *,
+                       atol: float = DEFAULT_ATOL, on_report: Callable[[StageReport], None] | None = None
+                       ) -> dict[str, StageReport]:
+    """Export and validate all four stages into ``out_dir/<model name>.onnx``."""
+    reports = {}
+    for spec in stage_specs(model.eval(), wire_size, names):
+        report = export_stage(spec, out_dir / f"{spec.name}.onnx", atol=atol)
+        reports[spec.name] = report
+        if on_report:
+            on_report(report)
+    return reports
+
+
+def run_onnx_chain(paths: dict[str, Path], names: dict[str, str], faces: np.ndarray,
+                   threads: int = 0) -> dict[str, np.ndarray]:
+    """Run the four ONNX graphs in-process, as the ensemble wires them (for checks and baselines)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = {k: ort.InferenceSession(str(paths[names[k]]), opts, providers=["CPUExecutionProvider"])
+            for k in ("preprocess", "clip_encoder", "mask_net", "head")}
+    (pixels,) = sess["preprocess"].run(["pixels"], {"faces": faces})
+    (clip_features,) = sess["clip_encoder"].run(["clip_features"], {"pixels": pixels})
+    (mask_logits,) = sess["mask_net"].run(["mask_logits"], {"pixels": pixels})
+    masked, logits, probs = sess["head"].run(["masked_features", "logits", "probabilities"],
+                                             {"clip_features": clip_features, "mask_logits": mask_logits})
+    return {"masked_features": masked, "logits": logits, "probabilities": probs}
+
+
+def validate_chain(model: CAFE, paths: dict[str, Path], names: dict[str, str], wire_size: int,
+                   *, batch: int = 4, atol: float = DEFAULT_ATOL, seed: int = 1) -> float:
+    """End-to-end check: uint8 faces through all ONNX graphs vs the PyTorch model. Returns max |dp|."""
+    gen = torch.Generator().manual_seed(seed)
+    faces = torch.randint(0, 256, (batch, wire_size, wire_size, 3), dtype=torch.uint8, generator=gen)
+    with torch.no_grad():
+        expected = model(Preprocess()(faces)).probabilities.numpy()
+    got = run_onnx_chain(paths, names, faces.numpy())["probabilities"]
+    diff = float(np.max(np.abs(expected - got)))
+    if diff > atol:
+        raise ExportValidationError(f"ONNX ensemble probabilities differ from PyTorch by {diff:.3g} (> atol {atol:g})")
+    return diff

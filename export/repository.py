@@ -1,0 +1,159 @@
+"""Write a Triton model repository for the CAFE ensemble.
+
+    <repo>/cafe/                 ensemble: faces (UINT8 [B,H,W,3]) -> probabilities, logits, masked_features
+    <repo>/cafe_preprocess/      faces -> pixels (FP32 [B,3,224,224])
+    <repo>/cafe_clip_encoder/    pixels -> clip_features [B,512]
+    <repo>/cafe_mask_net/        pixels -> mask_logits [B,512]
+    <repo>/cafe_head/            clip_features, mask_logits -> masked_features, logits, probabilities
+
+Configs are built as Triton's own ``ModelConfig`` protobuf messages, so every file written
+is valid against Triton's schema by construction. Model and tensor names are the public API
+documented in model_repository/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from fer_triton import __version__
+
+RUNNER_SOURCE = Path(__file__).with_name("triton_python") / "onnx_model.py"
+
+
+@dataclass(frozen=True)
+class RepositoryLayout:
+    """Names of the ensemble and its composing models (all share a prefix, default "cafe")."""
+
+    prefix: str = "cafe"
+
+    @property
+    def ensemble(self) -> str:
+        return self.prefix
+
+    @property
+    def stages(self) -> dict[str, str]:
+        return {
+            "preprocess": f"{self.prefix}_preprocess",
+            "clip_encoder": f"{self.prefix}_clip_encoder",
+            "mask_net": f"{self.prefix}_mask_net",
+            "head": f"{self.prefix}_head",
+        }
+
+
+# Tensor signatures of each stage: (name, dtype, dims without the batch axis).
+def _signatures(wire_size: int, num_classes: int) -> dict[str, tuple[list, list]]:
+    pixels = ("pixels", mc.TYPE_FP32, [3, 224, 224])
+    return {
+        "preprocess": ([("faces", mc.TYPE_UINT8, [wire_size, wire_size, 3])], [pixels]),
+        "clip_encoder": ([pixels], [("clip_features", mc.TYPE_FP32, [512])]),
+        "mask_net": ([pixels], [("mask_logits", mc.TYPE_FP32, [512])]),
+        "head": (
+            [("clip_features", mc.TYPE_FP32, [512]), ("mask_logits", mc.TYPE_FP32, [512])],
+            [("masked_features", mc.TYPE_FP32, [512]), ("logits", mc.TYPE_FP32, [num_classes]),
+             ("probabilities", mc.TYPE_FP32, [num_classes])],
+        ),
+    }
+
+
+def _tensor(cls, name, dtype, dims, **extra):
+    return cls(name=name, data_type=dtype, dims=dims, **extra)
+
+
+def stage_config(stage: str, model_name: str, wire_size: int, num_classes: int, *,
+                 max_batch_size: int, threads: int, instances: int = 1,
+                 queue_delay_us: int = 2000, head_versions: int = 2) -> mc.ModelConfig:
+    """CPU flavour: a python-backend model running the version's model.onnx with onnxruntime."""
+    inputs, outputs = _signatures(wire_size, num_classes)[stage]
+    cfg = mc.ModelConfig(
+        name=model_name,
+        backend="python",
+        max_batch_size=max_batch_size,
+        input=[_tensor(mc.ModelInput, *t) for t in inputs],
+        output=[_tensor(mc.ModelOutput, *t) for t in outputs],
+        dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=queue_delay_us),
+        instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances)],
+    )
+    cfg.parameters["intra_op_threads"].string_value = str(threads)
+    cfg.parameters["onnx_file"].string_value = "model.onnx"
+    if stage == "head":
+        # Keep the previous head loaded too: retrain publishes N+1, rollback is instant.
+        cfg.version_policy.latest.num_versions = head_versions
+    return cfg
+
+
+def ensemble_config(layout: RepositoryLayout, wire_size: int, classes: tuple[str, ...], *,
+                    max_batch_size: int, metadata: dict) -> mc.ModelConfig:
+    names = layout.stages
+    n = len(classes)
+    cfg = mc.ModelConfig(
+        name=layout.ensemble,
+        platform="ensemble",
+        max_batch_size=max_batch_size,
+        input=[_tensor(mc.ModelInput, "faces", mc.TYPE_UINT8, [wire_size, wire_size, 3])],
+        output=[
+            _tensor(mc.ModelOutput, "probabilities", mc.TYPE_FP32, [n], label_filename="labels.txt"),
+            _tensor(mc.ModelOutput, "logits", mc.TYPE_FP32, [n]),
+            _tensor(mc.ModelOutput, "masked_features", mc.TYPE_FP32, [512]),
+        ],
+    )
+    steps = [
+        (names["preprocess"], {"faces": "faces"}, {"pixels": "pixels"}),
+        (names["clip_encoder"], {"pixels": "pixels"}, {"clip_features": "clip_features"}),
+        (names["mask_net"], {"pixels": "pixels"}, {"mask_logits": "mask_logits"}),
+        (names["head"], {"clip_features": "clip_features", "mask_logits": "mask_logits"},
+         {"masked_features": "masked_features", "logits": "logits", "probabilities": "probabilities"}),
+    ]
+    for model_name, inputs, outputs in steps:
+        step = cfg.ensemble_scheduling.step.add(model_name=model_name, model_version=-1)
+        step.input_map.update(inputs)
+        step.output_map.update(outputs)
+    cfg.parameters["classes"].string_value = json.dumps(list(classes))
+    cfg.parameters["fer_triton"].string_value = json.dumps({"version": __version__, **metadata})
+    return cfg
+
+
+def config_text(cfg: mc.ModelConfig) -> str:
+    return text_format.MessageToString(cfg)
+
+
+def parse_config(path: Path) -> mc.ModelConfig:
+    """Parse a config.pbtxt against Triton's schema (raises text_format.ParseError)."""
+    return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
+
+
+def write_repository(out_dir: Path, onnx_paths: dict[str, Path], *, layout: RepositoryLayout = RepositoryLayout(),
+                     wire_size: int = 224, classes: tuple[str, ...], max_batch_size: int = 64,
+                     threads: int = 0, metadata: dict | None = None, overwrite: bool = False) -> Path:
+    """Write the CPU-flavour repository (version 1 of every model) into ``out_dir``.
+
+    ``onnx_paths`` maps Triton model names to validated ONNX files (moved into the repository).
+    """
+    out_dir = Path(out_dir)
+    names = layout.stages
+    existing = [p for p in [out_dir / layout.ensemble, *(out_dir / n for n in names.values())] if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already holds {', '.join(p.name for p in existing)}; pass --overwrite to replace them"
+        )
+    for path in existing:
+        shutil.rmtree(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stage, model_name in names.items():
+        version_dir = out_dir / model_name / "1"
+        version_dir.mkdir(parents=True)
+        shutil.move(str(onnx_paths[model_name]), version_dir / "model.onnx")
+        shutil.copyfile(RUNNER_SOURCE, version_dir / "model.py")
+        cfg = stage_config(stage, model_name, wire_size, len(classes), max_batch_size=max_batch_size, threads=threads)
+        (out_dir / model_name / "config.pbtxt").write_text(config_text(cfg))
+    ensemble_dir = out_dir / layout.ensemble
+    (ensemble_dir / "1").mkdir(parents=True)  # ensembles need an (empty) version directory
+    (ensemble_dir / "labels.txt").write_text("\n".join(classes) + "\n")
+    cfg = ensemble_config(layout, wire_size, classes, max_batch_size=max_batch_size, metadata=metadata or {})
+    (ensemble_dir / "config.pbtxt").write_text(config_text(cfg))
+    return out_dir

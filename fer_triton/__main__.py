@@ -1,0 +1,3 @@
+from fer_triton.cli import main
+
+main()

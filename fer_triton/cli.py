@@ -1,0 +1,85 @@
+"""`fer-triton <command>`: one CLI over the library (commands only parse arguments and call it).
+
+Flags follow tritonclient's examples and optimum-cli: ``-u/--url`` for the server, ``-v`` verbose.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from fer_triton import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fer-triton")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Serve the CAFE facial-expression model on NVIDIA Triton and call it over gRPC."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _raise_interrupt(*_):
+    raise KeyboardInterrupt
+
+
+@cli.command()
+@click.option("-r", "--repository", type=click.Path(path_type=Path), default=Path("model_repository"),
+              show_default=True, help="Triton model repository (from `fer-triton export`).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--grpc-port", default=8001, show_default=True)
+@click.option("--http-port", default=8000, show_default=True)
+@click.option("--metrics-port", default=8002, show_default=True)
+@click.option("--log-file", type=click.Path(path_type=Path), help="Write Triton's log here.")
+@click.option("--log-verbose", default=0, show_default=True, help="Triton's own --log-verbose level.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for all models to load.")
+def serve(repository, host, grpc_port, http_port, metrics_port, log_file, log_verbose, timeout):
+    """Start the real tritonserver (CPU, from the nvidia-pytriton wheel) on a model repository."""
+    from fer_triton.server import TritonServer, TritonServerError
+
+    server = TritonServer(repository, host=host, grpc_port=grpc_port, http_port=http_port,
+                          metrics_port=metrics_port, log_file=log_file, log_verbose=log_verbose)
+    click.echo(f"starting tritonserver on {repository} ...")
+    try:
+        server.start(timeout_s=timeout)
+    except TritonServerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"ready  gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}")
+    click.echo(f"log    {server.log_file}")
+    click.echo("Ctrl-C or SIGTERM stops the server.")
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
+    try:
+        while server.is_running():
+            time.sleep(0.5)
+        raise click.ClickException(f"tritonserver exited unexpectedly:\n{server.log_tail()}")
+    except KeyboardInterrupt:
+        click.echo("stopping ...")
+    finally:
+        code = server.stop()
+    click.echo(f"stopped (exit code {code})")
+
+
+def _register_commands() -> None:
+    from fer_triton.client.cli import infer
+    from fer_triton.demo import demo
+    from fer_triton.export.cli import export
+
+    for command in (export, infer, demo):
+        cli.add_command(command)
+
+
+_register_commands()
+
+
+def main() -> None:
+    cli(prog_name="fer-triton")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""End to end through the real tritonserver: served probabilities equal PyTorch's; bad input is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from conftest import pytorch_probabilities
+from fer_triton.client import FerClient, FerInputError
+from fer_triton.synthetic import draw_faces
+
+
+def test_served_probabilities_match_pytorch(triton_server, tiny_checkpoint):
+    faces, _ = draw_faces(6, 224, seed=3)
+    with FerClient(triton_server.grpc_url) as client:
+        out = client.infer(faces, with_features=True)
+    expected = pytorch_probabilities(tiny_checkpoint, faces)
+    assert out.probabilities.shape == (6, 7)
+    assert np.abs(out.probabilities - expected).max() < 1e-4
+    np.testing.assert_allclose(out.probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert out.masked_features.shape == (6, 512)
+    assert out.labels == [out.classes[i] for i in expected.argmax(axis=1)]
+
+
+def test_model_info_describes_the_repository(triton_server):
+    with FerClient(triton_server.grpc_url) as client:
+        info = client.info()
+    assert info.wire_size == 224 and info.max_batch_size == 64
+    assert info.classes == ("Surprise", "Fear", "Disgust", "Happy", "Sad", "Angry", "Neutral")
+    assert info.random_weights
+
+
+def _raw_infer(url, array, dtype):
+    client = grpcclient.InferenceServerClient(url)
+    inp = grpcclient.InferInput("faces", list(array.shape), dtype)
+    inp.set_data_from_numpy(array)
+    return client.infer("cafe", [inp])
+
+
+@pytest.mark.parametrize("array,dtype,message", [
+    (np.zeros((2, 224, 224, 3), np.float32), "FP32", "expects 'UINT8'"),
+    (np.zeros((2, 112, 112, 3), np.uint8), "UINT8", "unexpected shape"),
+    (np.zeros((0, 224, 224, 3), np.uint8), "UINT8", "faces"),
+    (np.zeros((65, 224, 224, 3), np.uint8), "UINT8", "batch-size must be <= 64"),
+], ids=["wrong-dtype", "wrong-shape", "empty-batch", "too-large-batch"])
+def test_server_refuses_bad_input_and_keeps_serving(triton_server, array, dtype, message):
+    with pytest.raises(InferenceServerException) as err:
+        _raw_infer(triton_server.grpc_url, array, dtype)
+    assert message in str(err.value)
+    faces, _ = draw_faces(2, 224, seed=1)
+    with FerClient(triton_server.grpc_url) as client:
+        assert client.infer(faces).probabilities.shape == (2, 7)  # still serving
+
+
+@pytest.mark.parametrize("array,message", [
+    (np.zeros((2, 224, 224, 3), np.float32), "dtype float32"),
+    (np.zeros((2, 112, 112, 3), np.uint8), "shape [B, 224, 224, 3]"),
+    (np.zeros((224, 224, 3), np.uint8), "shape [B, 224, 224, 3]"),
+    (np.zeros((0, 224, 224, 3), np.uint8), "empty batch"),
+    (np.zeros((65, 224, 224, 3), np.uint8), "exceeds the model's max_batch_size 64"),
+])
+def test_client_names_what_is_wrong_before_sending(triton_server, array, message):
+    with FerClient(triton_server.grpc_url) as client, pytest.raises(FerInputError, match=message.replace("[", r"\[")):
+        client.infer(array)
+
+
+def test_infer_all_splits_large_batches(triton_server, tiny_checkpoint):
+    faces, _ = draw_faces(70, 224, seed=5)
+    with FerClient(triton_server.grpc_url) as client:
+        out = client.infer_all(faces)
+    assert out.probabilities.shape == (70, 7)
+    assert np.abs(out.probabilities[-3:] - pytorch_probabilities(tiny_checkpoint, faces[-3:])).max() < 1e-4
