@@ -99,6 +99,11 @@ def _check_port(host: str, port: int, what: str) -> None:
             ) from exc
 
 
+def _without_traceback(reason: str) -> str:
+    """Triton appends the python stub's traceback ("At: ...") to a load failure: keep the message."""
+    return reason.split("\n\nAt:")[0].strip()
+
+
 @dataclass
 class TritonServer:
     """A tritonserver process on one model repository. Use as a context manager or start()/stop()."""
@@ -212,9 +217,11 @@ class TritonServer:
                 time.sleep(0.2)
                 continue
             failed = [m for m in states if m.get("state") == "UNAVAILABLE" and m.get("reason")]
-            loading = [m for m in states if m.get("state") not in ("READY", "UNAVAILABLE")]
+            # Models that depend on a failed one (the ensemble) stay without a state: not loading.
+            loading = [m for m in states if m.get("state") == "LOADING"]
             if failed and not loading:
-                reasons = "\n".join(f"  {m['name']} (version {m.get('version', '?')}): {m['reason']}" for m in failed)
+                reasons = "\n".join(f"  {m['name']} (version {m.get('version', '?')}): {_without_traceback(m['reason'])}"
+                                     for m in failed)
                 raise TritonServerError(f"model(s) failed to load:\n{reasons}")
             time.sleep(0.2)
         raise TritonServerError(f"tritonserver not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
