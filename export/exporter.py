@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +15,7 @@ from fer_triton.export.repository import RepositoryLayout, write_repository
 log = logging.getLogger(__name__)
 
 WIRE_SIZES = (224, 112)
+TARGETS = ("cpu", "gpu", "both")
 
 
 @dataclass
@@ -24,18 +25,29 @@ class ExportResult:
     stage_reports: dict[str, StageReport]
     ensemble_max_abs_diff: float
     weights: str
+    target: str = "cpu"                      # cpu | gpu | both (GPU configs: export/gpu.py)
+    gpu_configs: list[Path] = field(default_factory=list)
+    gpu_precision: object | None = None      # precision.PrecisionReport of the FP16 check
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path, *, wire_size: int = 224,
                       atol: float = DEFAULT_ATOL, max_batch_size: int = 64, threads: int = 0,
                       layout: RepositoryLayout = RepositoryLayout(), overwrite: bool = False,
-                      on_report: Callable[[StageReport], None] | None = None) -> ExportResult:
+                      on_report: Callable[[StageReport], None] | None = None,
+                      target: str = "cpu", gpu_options=None) -> ExportResult:
     """Export every stage, validate each and the whole chain against PyTorch, then write the repository.
 
     Nothing is written to ``output`` unless every check passed.
     """
     if wire_size not in WIRE_SIZES:
         raise ValueError(f"wire size must be one of {WIRE_SIZES}, not {wire_size}")
+    if target not in TARGETS:
+        raise ValueError(f"export target must be one of {TARGETS}, not {target!r}")
+    if target != "cpu":
+        from fer_triton.export.gpu import GPUOptions, check_export_precision, write_gpu_configs
+
+        gpu_options = gpu_options or GPUOptions()
+        gpu_options.validate(max_batch_size)
     output = Path(output)
     if not overwrite and (output / layout.ensemble).exists():
         raise FileExistsError(f"{output / layout.ensemble} exists; pass --overwrite to replace the exported models")
@@ -46,6 +58,10 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, wire_size: 
         reports = export_onnx_stages(model, Path(tmp), wire_size, names, atol=atol, on_report=on_report)
         paths = {name: r.path for name, r in reports.items()}
         chain_diff = validate_chain(model, paths, names, wire_size, atol=atol)
+        gpu_report = None
+        if target != "cpu":
+            gpu_report = check_export_precision({stage: paths[name] for stage, name in names.items()},
+                                                wire_size, gpu_options, Path(tmp) / "fp16")
         metadata = {
             "clip_model": ckpt.clip_model,
             "clip_weights": "random" if ckpt.clip_is_random else str(ckpt.clip_pretrained),
@@ -55,4 +71,9 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, wire_size: 
         }
         write_repository(output, paths, layout=layout, wire_size=wire_size, classes=ckpt.classes,
                          max_batch_size=max_batch_size, threads=threads, metadata=metadata, overwrite=overwrite)
-    return ExportResult(output, layout, reports, chain_diff, ckpt.describe_weights())
+    gpu_configs = []
+    if target != "cpu":
+        gpu_configs = write_gpu_configs(output, layout=layout, wire_size=wire_size, num_classes=len(ckpt.classes),
+                                        ensemble_max_batch_size=max_batch_size, opts=gpu_options,
+                                        gpu_only=(target == "gpu"))
+    return ExportResult(output, layout, reports, chain_diff, ckpt.describe_weights(), target, gpu_configs, gpu_report)

@@ -1,0 +1,215 @@
+"""GPU flavour of the repository: the same model.onnx files, served by NVIDIA's native backends.
+
+Each composing model gets one config per engine in ``<model>/configs/<variant>.pbtxt``; NVIDIA's
+Triton container picks one with ``--model-config-name=<variant>`` (a model without that file falls
+back to its config.pbtxt, which is why every composing model gets every variant). The ensemble's
+config.pbtxt is the same for every flavour.
+
+    gpu        onnxruntime_onnx on the GPU (CUDA execution provider), FP32: exact, no build step
+    gpu_trt    onnxruntime_onnx with ONNX Runtime's TensorRT accelerator (FP16 by default) for the
+               CLIP encoder and the mask net; engines are built at load (warm-up) and cached
+    tensorrt   tensorrt_plan for the CLIP encoder and the mask net (model.plan, built on the serving
+               host by `fer-triton build-trt`); preprocess and head stay on onnxruntime
+
+Preprocess (a few element-wise ops on UINT8) and the head (one 512x7 layer) stay on onnxruntime in
+every variant: TensorRT gains nothing there, and a head version published by `retrain` (a new
+model.onnx) then serves at once, with no engine to build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from fer_triton.export.precision import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_TOP1_AGREEMENT
+from fer_triton.export.repository import RepositoryLayout, _signatures, _tensor, config_text
+
+if TYPE_CHECKING:
+    from fer_triton.export.precision import PrecisionReport
+
+VARIANTS = ("gpu", "gpu_trt", "tensorrt")
+PRECISIONS = ("fp32", "fp16")
+# Stages worth a TensorRT engine: they hold nearly all of the model's FLOPs.
+TRT_STAGES = ("clip_encoder", "mask_net")
+PLAN_FILENAME = "model.plan"
+
+
+@dataclass(frozen=True)
+class GPUOptions:
+    """How the GPU configs batch, scale and build engines (the defaults suit one data-centre GPU)."""
+
+    precision: str = "fp16"                # TensorRT precision (gpu_trt and tensorrt variants)
+    max_batch_size: int = 256              # per composing model; the dynamic batcher fills it
+    opt_batch_size: int = 32               # TensorRT optimisation profile: min 1, opt, max
+    queue_delay_us: int = 1000             # how long the batcher may hold a request to grow a batch
+    instances: int = 1                     # model instances per GPU (2 overlaps copies and compute)
+    gpus: tuple[int, ...] = ()             # empty: every visible GPU gets `instances` instances
+    trt_cache_path: str = "/tmp/fer-triton-trt-cache"   # must be writable in the container
+    trt_workspace_bytes: int = 4 << 30
+    head_versions: int = 2                 # keep the previous head loaded (instant rollback)
+    default_variant: str = "gpu"           # config.pbtxt of a GPU-only repository
+    # FP16 check at export (see precision.py): faces compared and what must hold.
+    check_faces: int = 32
+    min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT
+    max_prob_diff: float = DEFAULT_MAX_PROB_DIFF
+
+    def validate(self, ensemble_max_batch_size: int) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"GPU precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if self.default_variant not in VARIANTS:
+            raise ValueError(f"default GPU variant must be one of {VARIANTS}, not {self.default_variant!r}")
+        if not 1 <= self.opt_batch_size <= self.max_batch_size:
+            raise ValueError(f"GPU batch sizes need 1 <= opt ({self.opt_batch_size}) <= max ({self.max_batch_size})")
+        if self.max_batch_size < ensemble_max_batch_size:
+            # Triton refuses an ensemble whose max_batch_size exceeds a composing model's.
+            raise ValueError(f"GPU max batch size {self.max_batch_size} is below the ensemble's max batch size "
+                             f"{ensemble_max_batch_size}: raise --gpu-max-batch-size or lower --max-batch-size")
+        if self.instances < 1 or self.queue_delay_us < 0 or self.head_versions < 1:
+            raise ValueError("GPU instances and head versions must be >= 1 and the queue delay >= 0")
+        if self.check_faces < 1 or not 0 <= self.min_top1_agreement <= 1 or self.max_prob_diff < 0:
+            raise ValueError("precision check needs >= 1 face, a top-1 agreement in [0, 1] and a max |dp| >= 0")
+
+    @property
+    def preferred_batch_sizes(self) -> list[int]:
+        """The opt size and its doublings up to max: the sizes TensorRT was tuned for."""
+        sizes, size = [], self.opt_batch_size
+        while size <= self.max_batch_size:
+            sizes.append(size)
+            size *= 2
+        return sizes
+
+    @property
+    def warmup_batch_sizes(self) -> list[int]:
+        # 1 and opt make Triton build engines and CUDA kernels before the model reports ready.
+        return sorted({1, self.opt_batch_size})
+
+
+def _shape(name: str, batch: int, dims: list[int]) -> str:
+    return f"{name}:" + "x".join(str(d) for d in [batch, *dims])
+
+
+def _warmup(inputs: list, batch_sizes: list[int]) -> list[mc.ModelWarmup]:
+    warmups = []
+    for batch in batch_sizes:
+        warmup = mc.ModelWarmup(name=f"random_batch_{batch}", batch_size=batch)
+        for name, dtype, dims in inputs:
+            warmup.inputs[name].CopyFrom(mc.ModelWarmup.Input(data_type=dtype, dims=dims, random_data=True))
+        warmups.append(warmup)
+    return warmups
+
+
+def _base_config(stage: str, model_name: str, wire_size: int, num_classes: int, opts: GPUOptions,
+                 max_batch_size: int) -> mc.ModelConfig:
+    inputs, outputs = _signatures(wire_size, num_classes)[stage]
+    cfg = mc.ModelConfig(
+        name=model_name,
+        max_batch_size=max_batch_size,
+        input=[_tensor(mc.ModelInput, *t) for t in inputs],
+        output=[_tensor(mc.ModelOutput, *t) for t in outputs],
+        dynamic_batching=mc.ModelDynamicBatching(
+            preferred_batch_size=[b for b in opts.preferred_batch_sizes if b <= max_batch_size],
+            max_queue_delay_microseconds=opts.queue_delay_us),
+        instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=opts.instances,
+                                              gpus=list(opts.gpus))],
+        model_warmup=_warmup(inputs, [b for b in opts.warmup_batch_sizes if b <= max_batch_size]),
+    )
+    if stage == "head":
+        cfg.version_policy.latest.num_versions = opts.head_versions
+    return cfg
+
+
+def onnxruntime_config(stage: str, model_name: str, wire_size: int, num_classes: int, opts: GPUOptions,
+                       *, trt_accelerator: bool = False) -> mc.ModelConfig:
+    """Native onnxruntime backend on the GPU, optionally with the TensorRT execution accelerator."""
+    cfg = _base_config(stage, model_name, wire_size, num_classes, opts, opts.max_batch_size)
+    cfg.platform = "onnxruntime_onnx"
+    cfg.default_model_filename = "model.onnx"
+    if trt_accelerator and stage in TRT_STAGES:
+        inputs, _ = _signatures(wire_size, num_classes)[stage]
+        params = {
+            "precision_mode": opts.precision.upper(),
+            "max_workspace_size_bytes": str(opts.trt_workspace_bytes),
+            "trt_engine_cache_enable": "true",
+            # One folder per model: engines of different graphs never collide.
+            "trt_engine_cache_path": f"{opts.trt_cache_path}/{model_name}",
+            "trt_timing_cache_enable": "true",
+            "trt_timing_cache_path": f"{opts.trt_cache_path}/{model_name}",
+            # One explicit profile, so a new batch size never triggers an engine rebuild mid-traffic.
+            "trt_profile_min_shapes": ",".join(_shape(n, 1, d) for n, _, d in inputs),
+            "trt_profile_opt_shapes": ",".join(_shape(n, opts.opt_batch_size, d) for n, _, d in inputs),
+            "trt_profile_max_shapes": ",".join(_shape(n, opts.max_batch_size, d) for n, _, d in inputs),
+        }
+        accelerator = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accelerator.parameters.update(params)
+    return cfg
+
+
+def tensorrt_plan_config(stage: str, model_name: str, wire_size: int, num_classes: int,
+                         opts: GPUOptions) -> mc.ModelConfig:
+    """Native TensorRT backend on a model.plan whose profile's max batch is ``opts.max_batch_size``."""
+    if stage not in TRT_STAGES:
+        raise ValueError(f"only {TRT_STAGES} are built as TensorRT plans, not {stage!r}")
+    cfg = _base_config(stage, model_name, wire_size, num_classes, opts, opts.max_batch_size)
+    cfg.platform = "tensorrt_plan"
+    cfg.default_model_filename = PLAN_FILENAME
+    return cfg
+
+
+def variant_config(variant: str, stage: str, model_name: str, wire_size: int, num_classes: int,
+                   opts: GPUOptions) -> mc.ModelConfig:
+    if variant not in VARIANTS:
+        raise ValueError(f"GPU variant must be one of {VARIANTS}, not {variant!r}")
+    if variant == "tensorrt" and stage in TRT_STAGES:
+        return tensorrt_plan_config(stage, model_name, wire_size, num_classes, opts)
+    return onnxruntime_config(stage, model_name, wire_size, num_classes, opts,
+                              trt_accelerator=(variant == "gpu_trt"))
+
+
+def write_gpu_configs(repository: str | Path, *, layout: RepositoryLayout = RepositoryLayout(),
+                      wire_size: int, num_classes: int, ensemble_max_batch_size: int,
+                      opts: GPUOptions = GPUOptions(), gpu_only: bool = False) -> list[Path]:
+    """Write ``configs/<variant>.pbtxt`` for every composing model of an exported repository.
+
+    With ``gpu_only`` the GPU default variant also becomes config.pbtxt and the python-backend
+    runners are removed, so NVIDIA's container serves the repository with no extra flag.
+    Returns the files written.
+    """
+    opts.validate(ensemble_max_batch_size)
+    repository = Path(repository)
+    written = []
+    for stage, model_name in layout.stages.items():
+        model_dir = repository / model_name
+        if not model_dir.is_dir():
+            raise FileNotFoundError(f"{model_dir} is missing: export the CPU repository first")
+        (model_dir / "configs").mkdir(exist_ok=True)
+        for variant in VARIANTS:
+            path = model_dir / "configs" / f"{variant}.pbtxt"
+            path.write_text(config_text(variant_config(variant, stage, model_name, wire_size, num_classes, opts)))
+            written.append(path)
+        if gpu_only:
+            default = variant_config(opts.default_variant, stage, model_name, wire_size, num_classes, opts)
+            (model_dir / "config.pbtxt").write_text(config_text(default))
+            written.append(model_dir / "config.pbtxt")
+            for runner in model_dir.glob("[0-9]*/model.py"):
+                runner.unlink()
+    return written
+
+
+def check_export_precision(stage_paths: dict[str, Path], wire_size: int, opts: GPUOptions,
+                           work_dir: Path) -> "PrecisionReport | None":
+    """At export: FP16 vs FP32 on drawn faces when the GPU variants run TensorRT in FP16.
+
+    Raises PrecisionCheckError past the thresholds, so nothing gets written. None for FP32.
+    """
+    from fer_triton.export.precision import check_fp16_onnx
+    from fer_triton.synthetic import draw_faces
+
+    if opts.precision != "fp16":
+        return None
+    faces, _ = draw_faces(opts.check_faces, wire_size, seed=7)
+    report = check_fp16_onnx(stage_paths, faces, work_dir, min_top1_agreement=opts.min_top1_agreement,
+                             max_prob_diff=opts.max_prob_diff)
+    return report.raise_if_failed()

@@ -1,0 +1,161 @@
+"""Reduced precision vs FP32 on the same faces: top-1 agreement and the largest probability difference.
+
+Two checks share one report:
+- ``check_fp16_onnx``: at export, converts the CLIP encoder and mask net (the stages TensorRT runs
+  in FP16 on a GPU) to FP16 ONNX and runs the whole chain with onnxruntime on the CPU. Weights and
+  activations are rounded to FP16 between ops; onnxruntime's CPU kernels compute some ops in FP32
+  after casting, so this approximates TensorRT's FP16 numerics rather than reproducing them.
+- ``check_served``: any served engine (TensorRT FP16 plans, INT8, ...) over gRPC against the
+  repository's own FP32 ONNX files run in-process: the check to run on the GPU host itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fer_triton.export.repository import RepositoryLayout
+
+log = logging.getLogger(__name__)
+
+# Defaults for a trained model; random-weight models have near-uniform probabilities and flip more.
+DEFAULT_MIN_TOP1_AGREEMENT = 0.99
+DEFAULT_MAX_PROB_DIFF = 0.02
+FP16_STAGES = ("clip_encoder", "mask_net")
+
+
+class PrecisionCheckError(RuntimeError):
+    """A lower-precision model disagrees with FP32 beyond the allowed thresholds."""
+
+
+@dataclass(frozen=True)
+class PrecisionReport:
+    candidate: str             # what was compared against FP32
+    faces: int
+    top1_agreement: float      # fraction of faces whose top class is the same
+    max_prob_diff: float       # largest |p_candidate - p_fp32| over all faces and classes
+    min_top1_agreement: float
+    max_prob_diff_allowed: float
+
+    @property
+    def passed(self) -> bool:
+        return self.top1_agreement >= self.min_top1_agreement and self.max_prob_diff <= self.max_prob_diff_allowed
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (f"{self.candidate} vs FP32 on {self.faces} faces: top-1 agreement {self.top1_agreement:.2%} "
+                f"(need >= {self.min_top1_agreement:.2%}), max |dp| {self.max_prob_diff:.2e} "
+                f"(allowed {self.max_prob_diff_allowed:.2e}): {verdict}")
+
+    def raise_if_failed(self) -> "PrecisionReport":
+        if not self.passed:
+            raise PrecisionCheckError(self.summary())
+        return self
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, name: str, *,
+            min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT,
+            max_prob_diff: float = DEFAULT_MAX_PROB_DIFF) -> PrecisionReport:
+    """Compare two [N, classes] probability arrays computed on the same faces."""
+    reference, candidate = np.asarray(reference), np.asarray(candidate)
+    if reference.shape != candidate.shape or reference.ndim != 2 or reference.shape[0] == 0:
+        raise ValueError(f"need two non-empty [N, classes] probability arrays of one shape, "
+                         f"got {reference.shape} and {candidate.shape}")
+    if not np.isfinite(candidate).all():
+        # NaN/inf (FP16 overflow) must fail, not slip through max() and argmax().
+        return PrecisionReport(name, len(reference), 0.0, float("inf"), min_top1_agreement, max_prob_diff)
+    agreement = float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
+    diff = float(np.max(np.abs(reference.astype(np.float64) - candidate.astype(np.float64))))
+    return PrecisionReport(name, len(reference), agreement, diff, min_top1_agreement, max_prob_diff)
+
+
+def convert_to_fp16(src: str | Path, dst: str | Path) -> Path:
+    """FP16 copy of an ONNX graph whose inputs and outputs stay FP32 (as Triton's configs declare)."""
+    import onnx
+    from onnx import TensorProto
+    from onnxconverter_common import float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one warning per weight too small for FP16 (they become 0 or 1e-7)
+        model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    # The converter retypes tensors but leaves "Cast to FLOAT" nodes (open_clip's LayerNorm casts back
+    # to the input dtype) pointing at FP32: onnxruntime then refuses the graph. Point them at FP16.
+    fp16_tensors = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == TensorProto.FLOAT16}
+    for node in model.graph.node:
+        if node.op_type == "Cast" and node.output[0] in fp16_tensors:
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i == TensorProto.FLOAT:
+                    attr.i = TensorProto.FLOAT16
+    dst = Path(dst)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _session(path: Path, threads: int, fp16: bool):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    if fp16:
+        # onnxruntime's extended CPU fusions crash on these FP16 graphs (seen with 1.32): basic only.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_chain(paths: dict[str, Path], faces: np.ndarray, *, threads: int = 0,
+              fp16_stages: tuple[str, ...] = ()) -> np.ndarray:
+    """Probabilities of the four stage graphs (keys: preprocess, clip_encoder, mask_net, head)."""
+    sess = {stage: _session(paths[stage], threads, stage in fp16_stages)
+            for stage in ("preprocess", "clip_encoder", "mask_net", "head")}
+    (pixels,) = sess["preprocess"].run(["pixels"], {"faces": faces})
+    (clip_features,) = sess["clip_encoder"].run(["clip_features"], {"pixels": pixels})
+    (mask_logits,) = sess["mask_net"].run(["mask_logits"], {"pixels": pixels})
+    (probabilities,) = sess["head"].run(["probabilities"], {"clip_features": clip_features,
+                                                            "mask_logits": mask_logits})
+    return probabilities
+
+
+def check_fp16_onnx(paths: dict[str, Path], faces: np.ndarray, work_dir: str | Path, *, threads: int = 0,
+                    min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT,
+                    max_prob_diff: float = DEFAULT_MAX_PROB_DIFF) -> PrecisionReport:
+    """FP16 (CLIP encoder + mask net) vs FP32 chain on ``faces``; FP16 graphs go to ``work_dir``."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    reference = run_chain(paths, faces, threads=threads)
+    fp16_paths = dict(paths)
+    for stage in FP16_STAGES:
+        fp16_paths[stage] = convert_to_fp16(paths[stage], work_dir / f"{stage}.fp16.onnx")
+    candidate = run_chain(fp16_paths, faces, threads=threads, fp16_stages=FP16_STAGES)
+    return compare(reference, candidate, "FP16 ONNX (CLIP encoder + mask net, onnxruntime CPU)",
+                   min_top1_agreement=min_top1_agreement, max_prob_diff=max_prob_diff)
+
+
+def latest_onnx(model_dir: Path) -> Path:
+    """model.onnx of the highest numeric version: what an ensemble step with version -1 runs."""
+    versions = sorted((int(p.name), p) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()
+                      and (p / "model.onnx").is_file()) if model_dir.is_dir() else []
+    if not versions:
+        raise FileNotFoundError(f"no <version>/model.onnx under {model_dir}: is this an exported repository?")
+    return versions[-1][1] / "model.onnx"
+
+
+def repository_paths(repository: str | Path, layout: RepositoryLayout = RepositoryLayout()) -> dict[str, Path]:
+    return {stage: latest_onnx(Path(repository) / name) for stage, name in layout.stages.items()}
+
+
+def check_served(url: str, repository: str | Path, faces: np.ndarray, *, model: str = "cafe",
+                 layout: RepositoryLayout | None = None, threads: int = 0,
+                 min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT,
+                 max_prob_diff: float = DEFAULT_MAX_PROB_DIFF) -> PrecisionReport:
+    """The served ensemble (whatever engine runs it) vs the repository's FP32 ONNX on the same faces."""
+    from fer_triton.client import FerClient
+
+    reference = run_chain(repository_paths(repository, layout or RepositoryLayout(model)), faces, threads=threads)
+    with FerClient(url, model) as client:
+        served = client.infer_all(faces).probabilities
+    return compare(reference, served, f"served model '{model}' at {url}",
+                   min_top1_agreement=min_top1_agreement, max_prob_diff=max_prob_diff)
