@@ -69,8 +69,9 @@ def _register_commands() -> None:
     from fer_triton.client.cli import infer
     from fer_triton.demo import demo
     from fer_triton.export.cli import export
+    from fer_triton.train.cli import evaluate, explain, train
 
-    for command in (export, infer, demo):
+    for command in (export, infer, demo, train, evaluate, explain):
         cli.add_command(command)
 
 
