@@ -152,7 +152,7 @@ def check_served(url: str, repository: str | Path, faces: np.ndarray, *, model: 
                  min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT,
                  max_prob_diff: float = DEFAULT_MAX_PROB_DIFF) -> PrecisionReport:
     """The served ensemble (whatever engine runs it) vs the repository's FP32 ONNX on the same faces."""
-    from fer_triton.client import FerClient
+    from fer_triton.client.grpc_client import FerClient
 
     reference = run_chain(repository_paths(repository, layout or RepositoryLayout(model)), faces, threads=threads)
     with FerClient(url, model) as client:
