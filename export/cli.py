@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from fer_triton.export.gpu_cli import echo_gpu_result, gpu_export_options, gpu_settings
+
 
 @click.command()
 @click.option("-c", "--checkpoint", required=True, type=click.Path(path_type=Path),
@@ -21,11 +23,13 @@ import click
               help="onnxruntime intra-op threads per model (0 = one per core).")
 @click.option("--prefix", default="cafe", show_default=True, help="Model name prefix in the repository.")
 @click.option("--overwrite", is_flag=True, help="Replace models already in the repository.")
-def export(checkpoint, output, wire_size, atol, max_batch_size, threads, prefix, overwrite):
+@gpu_export_options
+def export(checkpoint, output, wire_size, atol, max_batch_size, threads, prefix, overwrite, **gpu):
     """Export a CAFE checkpoint to ONNX (validated against PyTorch) and a Triton repository."""
     from fer_triton.checkpoint import CheckpointError
     from fer_triton.export.exporter import export_checkpoint
     from fer_triton.export.onnx_export import ExportValidationError
+    from fer_triton.export.precision import PrecisionCheckError
     from fer_triton.export.repository import RepositoryLayout
 
     def report(r):
@@ -36,10 +40,12 @@ def export(checkpoint, output, wire_size, atol, max_batch_size, threads, prefix,
     try:
         result = export_checkpoint(checkpoint, output, wire_size=int(wire_size), atol=atol,
                                    max_batch_size=max_batch_size, threads=threads,
-                                   layout=RepositoryLayout(prefix), overwrite=overwrite, on_report=report)
-    except (CheckpointError, ExportValidationError, FileExistsError, ValueError) as exc:
+                                   layout=RepositoryLayout(prefix), overwrite=overwrite, on_report=report,
+                                   target=gpu_settings(gpu)[0], gpu_options=gpu_settings(gpu)[1])
+    except (CheckpointError, ExportValidationError, PrecisionCheckError, FileExistsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"  {'ensemble (uint8 -> probabilities)':<22} max |diff|: {result.ensemble_max_abs_diff:.2e}")
     click.echo(f"weights: {result.weights}")
     click.echo(f"wrote {result.repository}: ensemble '{result.layout.ensemble}' + "
                f"{', '.join(result.layout.stages.values())}")
+    echo_gpu_result(result)

@@ -69,10 +69,13 @@ def _register_commands() -> None:
     from fer_triton.client.cli import infer
     from fer_triton.demo import demo
     from fer_triton.export.cli import export
+    from fer_triton.export.gpu_cli import build_trt, check_precision
     from fer_triton.train.cli import evaluate, explain, train
 
     for command in (export, infer, demo, train, evaluate, explain):
         cli.add_command(command)
+    cli.add_command(build_trt)
+    cli.add_command(check_precision)
 
 
 _register_commands()
