@@ -6,20 +6,28 @@ every code path (reading, serving, retraining) can run on images the project mak
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
 from fer_triton.labels import CLASSES
 
 
-def draw_face(expression: int, size: int = 224, rng: np.random.Generator | None = None) -> np.ndarray:
-    """One drawn face, UINT8 RGB [size, size, 3]; ``expression`` is a RAF-DB class index."""
+def draw_face(expression: int, size: int = 224, rng: np.random.Generator | None = None,
+              background: tuple[int, int, int] | None = None) -> np.ndarray:
+    """One drawn face, UINT8 RGB [size, size, 3]; ``expression`` is a RAF-DB class index.
+
+    ``background``: a fixed RGB backdrop (one room/camera); random per face when None.
+    """
     from PIL import Image, ImageDraw
 
     if not 0 <= expression < len(CLASSES):
         raise ValueError(f"expression must be a class index 0..{len(CLASSES) - 1}, not {expression}")
     rng = rng or np.random.default_rng()
     s = size / 224.0
-    bg = tuple(int(v) for v in rng.integers(40, 200, 3))
+    bg = tuple(int(v) for v in rng.integers(40, 200, 3))  # drawn even when fixed: same faces either way
+    bg = bg if background is None else tuple(background)
     skin = tuple(int(v) for v in rng.integers(150, 240, 1).repeat(3) * np.array([1.0, 0.85, 0.72]))
     img = Image.new("RGB", (size, size), bg)
     d = ImageDraw.Draw(img)
@@ -59,8 +67,96 @@ def draw_face(expression: int, size: int = 224, rng: np.random.Generator | None 
     return np.asarray(img, dtype=np.uint8)
 
 
-def draw_faces(n: int, size: int = 224, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def draw_faces(n: int, size: int = 224, seed: int = 0,
+               background: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``n`` drawn faces cycling through the classes: (faces UINT8 [n,size,size,3], labels [n])."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % len(CLASSES)
-    return np.stack([draw_face(int(c), size, rng) for c in labels]), labels
+    return np.stack([draw_face(int(c), size, rng, background) for c in labels]), labels
+
+
+# -- synthetic SITES: drawn faces as another camera/room would see them ----------------------------
+
+@dataclass(frozen=True)
+class SiteShift:
+    """How a SYNTHETIC site's images differ from the plain drawn faces (1.0 / 0.0 = no change).
+
+    brightness multiplies every pixel (a darker or brighter room); colour_cast multiplies the R, G, B
+    channels (a tinted light or white balance); blur is a Gaussian radius in pixels (focus, motion);
+    noise is the std of additive Gaussian sensor noise in 0..255 units.
+    """
+
+    brightness: float = 1.0
+    colour_cast: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    blur: float = 0.0
+    noise: float = 0.0
+
+    def __post_init__(self):
+        if self.brightness <= 0:
+            raise ValueError(f"brightness must be > 0, not {self.brightness}")
+        if len(self.colour_cast) != 3 or min(self.colour_cast) < 0:
+            raise ValueError(f"colour_cast must be three factors >= 0 (R, G, B), not {self.colour_cast}")
+        if self.blur < 0 or self.noise < 0:
+            raise ValueError(f"blur and noise must be >= 0, not blur={self.blur}, noise={self.noise}")
+
+    @property
+    def is_identity(self) -> bool:
+        return self == SiteShift()
+
+    def apply(self, faces: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Shift UINT8 faces [B,H,W,3] (or one [H,W,3]) the way this site's camera would."""
+        from PIL import Image, ImageFilter
+
+        rng = rng or np.random.default_rng()
+        single = faces.ndim == 3
+        batch = faces[None] if single else faces
+        out = batch.astype(np.float32) * self.brightness * np.asarray(self.colour_cast, np.float32)
+        out = np.clip(out, 0, 255)
+        if self.blur > 0:  # PIL's Gaussian blur per image, on the already tinted pixels
+            out = np.stack([np.asarray(Image.fromarray(f.astype(np.uint8)).filter(ImageFilter.GaussianBlur(self.blur)),
+                                       np.float32) for f in out])
+        if self.noise > 0:
+            out = out + rng.normal(0.0, self.noise, out.shape)
+        out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return out[0] if single else out
+
+
+def draw_site(per_class: int, shift: SiteShift = SiteShift(), size: int = 224, seed: int = 0,
+              background: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A SYNTHETIC site: ``per_class`` drawn faces of every class in front of one backdrop (drawn
+    from ``seed`` unless given: one room, one camera), seen through ``shift``.
+
+    Returns (faces UINT8 [7*per_class, size, size, 3], labels [7*per_class]), classes interleaved.
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, not {per_class}")
+    rng = np.random.default_rng(seed + 1)
+    backdrop = background if background is not None else tuple(int(v) for v in rng.integers(60, 180, 3))
+    faces, labels = draw_faces(per_class * len(CLASSES), size, seed, backdrop)
+    return shift.apply(faces, rng), labels
+
+
+def write_site(root: str | Path, per_class: int, shift: SiteShift = SiteShift(), *, size: int = 224,
+               seed: int = 0, background: tuple[int, int, int] | None = None, layout: str = "folders") -> Path:
+    """Write a SYNTHETIC site as PNGs: ``layout="folders"`` (root/<Class>/synthetic_*.png) or
+    ``"csv"`` (root/images/*.png + root/labels.csv with columns path,label). Returns the data path
+    to hand to ``fer-triton retrain --data``.
+    """
+    from PIL import Image
+
+    if layout not in ("folders", "csv"):
+        raise ValueError(f"layout must be 'folders' or 'csv', not {layout!r}")
+    root = Path(root)
+    faces, labels = draw_site(per_class, shift, size, seed, background)
+    rows = []
+    for i, (face, label) in enumerate(zip(faces, labels)):
+        name = f"synthetic_{CLASSES[label].lower()}_{i:04d}.png"
+        folder = root / CLASSES[label] if layout == "folders" else root / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(face).save(folder / name)
+        rows.append((f"images/{name}", CLASSES[label]))
+    if layout == "folders":
+        return root
+    csv_path = root / "labels.csv"
+    csv_path.write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in rows))
+    return csv_path
