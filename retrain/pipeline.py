@@ -1,0 +1,149 @@
+"""`fer-triton retrain` as one library call: site data -> features via the server -> fit -> compare ->
+publish (or refuse) -> report. Nothing on the server or in the repository changes before the
+comparison says the new head is not worse (or ``force`` is given)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fer_triton import __version__
+from fer_triton.client import FerClient
+from fer_triton.export.repository import RepositoryLayout
+from fer_triton.retrain.compare import Comparison, compare_heads
+from fer_triton.retrain.drift import MIN_SAMPLE, REFERENCE_FILE, DriftReference, SiteSample
+from fer_triton.retrain.features import extract_features
+from fer_triton.retrain.fit import LinearHead, fit_head
+from fer_triton.retrain.publish import HeadVersions, PublishError, check_serving, publish_head, read_head
+from fer_triton.retrain.report import write_report
+from fer_triton.retrain.site_data import holdout_split, read_site
+
+log = logging.getLogger(__name__)
+
+INITS = ("zeros", "serving", "zero-shot")
+
+
+@dataclass
+class RetrainOptions:
+    holdout: float = 0.25          # share of each class kept out of the fit, to compare the heads
+    l2: float = 1e-2               # pull towards the starting head (standardised weights)
+    init: str = "zeros"            # starting head: zeros, the serving head, or a CLIP zero-shot head
+    zero_shot_weights: str | None = None   # CLIP weights for the zero-shot head (default: the served ones)
+    force: bool = False            # publish even when the new head is worse
+    publish: bool = True           # False: fit, compare and report only
+    batch_size: int = 32
+    seed: int = 0
+    progress: bool = True
+    report_dir: Path | None = None
+
+
+@dataclass
+class RetrainResult:
+    comparison: Comparison
+    head: LinearHead
+    serving_version: int
+    published_version: int | None
+    decision: str
+    report: Path | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def refused(self) -> bool:
+        return self.published_version is None and self.comparison.new_is_worse
+
+
+def _starting_head(options: RetrainOptions, client: FerClient, heads: HeadVersions, serving: int,
+                   train_features: np.ndarray) -> LinearHead | None:
+    if options.init == "zeros":
+        return None
+    if options.init == "serving":
+        return read_head(heads.version_dir(serving) / "model.onnx")
+    from fer_triton.retrain.zero_shot import zero_shot_head
+
+    meta = client.info().metadata
+    weights = options.zero_shot_weights or meta.get("clip_weights")
+    pretrained = None if weights in (None, "random") else weights
+    norm = float(np.median(np.linalg.norm(train_features, axis=1)))
+    return zero_shot_head(meta.get("clip_model", "ViT-B-32-quickgelu"), pretrained, feature_norm=norm)
+
+
+def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = "cafe",
+            options: RetrainOptions = RetrainOptions()) -> RetrainResult:
+    if options.init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, not {options.init!r}")
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    site = read_site(data)
+    train, held = holdout_split(site.labels, options.holdout, options.seed)  # fails early on tiny classes
+    heads = HeadVersions(Path(repository), RepositoryLayout(model))
+    with FerClient(url, model) as client:
+        serving = check_serving(client, heads)
+        faces = site.read_faces(client.info().wire_size)
+        timings["read images"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        features = extract_features(client, faces, batch_size=options.batch_size, progress=options.progress)
+        timings["features (server)"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        x, y = features.masked_features, site.labels
+        init = _starting_head(options, client, heads, serving, x[train])
+        head = fit_head(x[train], y[train], l2=options.l2, init=init, seed=options.seed)
+        timings["fit"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        comparison = compare_heads(y[held], features.probabilities[held].argmax(1), head.predict(x[held]))
+        timings["compare"] = time.perf_counter() - t
+
+        published = None
+        if not options.publish:
+            decision = f"not published (--no-publish): {comparison.summary()}"
+        elif comparison.new_is_worse and not options.force:
+            decision = (f"REFUSED: the new head is worse than serving version {serving}: {comparison.summary()}; "
+                        "pass --force to publish it anyway")
+        else:
+            t = time.perf_counter()
+            published = _publish(client, heads, head, site, features, faces, held, comparison, options)
+            timings["publish"] = time.perf_counter() - t
+            forced = " (forced: it is worse)" if comparison.new_is_worse else ""
+            decision = f"published as {heads.name} version {published}{forced}, replacing version {serving}: " \
+                       f"{comparison.summary()}"
+
+    report = None
+    if options.report_dir is not None:
+        details = {"site data": str(site.source), "server": url, "repository": str(repository),
+                   "serving version before": str(serving), "starting head": options.init, "l2": str(options.l2),
+                   "held-out share": str(options.holdout),
+                   "classes without site images": ", ".join(site.missing_classes) or "none"}
+        report = write_report(options.report_dir, comparison=comparison, decision=decision, counts=site.counts(),
+                              details=details, timings=timings)
+    return RetrainResult(comparison, head, serving, published, decision, report, timings)
+
+
+def _publish(client, heads, head, site, features, faces, held, comparison, options) -> int:
+    new_probabilities = head.probabilities(features.masked_features)
+    extra = {}
+    if len(site) >= MIN_SAMPLE:  # the drift reference: this site as the new head sees it
+        reference = DriftReference.from_sample(SiteSample(new_probabilities, features.masked_features),
+                                               source=f"retrain on {site.source}")
+        extra[REFERENCE_FILE] = reference.save
+    else:
+        log.warning("only %d site images: no drift reference written (needs %d)", len(site), MIN_SAMPLE)
+    check = held[:8]
+
+    def served_equals_new_head():
+        served = client.infer(faces[check]).probabilities
+        diff = float(np.abs(served - new_probabilities[check]).max())
+        if diff > 1e-4:
+            raise PublishError(f"the served probabilities differ from the new head's by {diff:.3g}")
+
+    info = {"fer_triton": __version__, "site_data": str(site.source), "images": len(site),
+            "held_out": comparison.held_out, "init": options.init, "l2": options.l2,
+            "accuracy_serving": comparison.serving.accuracy, "accuracy_new": comparison.new.accuracy,
+            "forced": bool(comparison.new_is_worse)}
+    return publish_head(client, heads, head, info=info, extra_files=extra,
+                        verify=served_equals_new_head)

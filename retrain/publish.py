@@ -1,0 +1,248 @@
+"""Publish a new head as the next version of ``cafe_head`` and load it with no restart; roll back.
+
+What the running server does (measured with tritonserver 2.51, explicit model control):
+``load_model("cafe_head")`` loads every version the policy keeps (latest 2: N and N+1) while the old
+instances keep serving, then Triton reloads the ensemble that depends on the head; the new ensemble
+resolves ``model_version: -1`` to the highest READY version, so it serves N+1 as soon as
+``load_model`` returns. The old ensemble and head versions are unloaded only after the requests in
+flight on them finish: a client sending requests through the swap sees no error.
+
+Layout:
+    <repo>/cafe_head/<N>/model.onnx, model.py, head_info.json, drift_reference.npz
+    <repo>.archive/cafe_head/<N>-rolled-back-<time>/    versions taken out of service (kept, not deleted)
+
+Rollback moves the newest version directory into the archive and loads the head again: Triton then
+serves N-1 (kept loaded by the latest-2 policy, so the switch is instant). Version numbers are never
+reused (the archive counts), so Triton never mistakes a new head for an old one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tritonclient.utils import InferenceServerException
+
+from fer_triton.client import FerClient
+from fer_triton.export.onnx_export import StageSpec, export_stage
+from fer_triton.export.repository import RUNNER_SOURCE, RepositoryLayout
+from fer_triton.model import Head
+from fer_triton.retrain.fit import LinearHead
+
+log = logging.getLogger(__name__)
+
+HEAD_INFO = "head_info.json"
+
+
+class PublishError(RuntimeError):
+    """A head could not be published or rolled back; the serving head was left (or put back) as it was."""
+
+
+@dataclass(frozen=True)
+class HeadVersions:
+    """The head model's version folders on disk, and the archive beside the repository."""
+
+    repository: Path
+    layout: RepositoryLayout = RepositoryLayout()
+
+    @property
+    def name(self) -> str:
+        return self.layout.stages["head"]
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.repository) / self.name
+
+    @property
+    def archive_dir(self) -> Path:
+        repo = Path(self.repository).resolve()
+        return repo.parent / f"{repo.name}.archive" / self.name
+
+    def on_disk(self) -> list[int]:
+        if not (self.model_dir / "config.pbtxt").is_file():
+            raise PublishError(f"{self.model_dir} is not a model folder (no config.pbtxt): is {self.repository} "
+                               f"the repository the server runs, exported with prefix '{self.layout.prefix}'?")
+        return sorted(int(p.name) for p in self.model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def newest(self) -> int:
+        versions = self.on_disk()
+        if not versions:
+            raise PublishError(f"{self.model_dir} holds no version folder")
+        return versions[-1]
+
+    def next_version(self) -> int:
+        archived = [int(p.name.split("-")[0]) for p in self.archive_dir.glob("*") if p.name.split("-")[0].isdigit()] \
+            if self.archive_dir.is_dir() else []
+        return max(self.on_disk() + archived + [0]) + 1
+
+    def version_dir(self, version: int) -> Path:
+        return self.model_dir / str(version)
+
+    def archive(self, version: int, why: str) -> Path:
+        self.archive_dir.mkdir(parents=True, exist_ok=True)
+        target = self.archive_dir / f"{version}-{why}-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.move(str(self.version_dir(version)), str(target))
+        return target
+
+    def info(self, version: int) -> dict:
+        path = self.version_dir(version) / HEAD_INFO
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def served_versions(client: FerClient, model: str) -> list[int]:
+    """READY versions of ``model`` on the server (raises PublishError if the server cannot say)."""
+    try:
+        index = client.triton.get_model_repository_index(as_json=True).get("models", [])
+    except InferenceServerException as exc:
+        raise PublishError(f"cannot read the model index of the server at {client.url}: {exc.message()}") from exc
+    return sorted(int(m["version"]) for m in index if m.get("name") == model and m.get("state") == "READY")
+
+
+def check_serving(client: FerClient, heads: HeadVersions) -> int:
+    """The head version being served; raise PublishError unless the server runs this repository's head."""
+    try:
+        ensemble_ready = client.triton.is_model_ready(client.model)
+    except InferenceServerException as exc:
+        raise PublishError(f"cannot reach the Triton server at {client.url}: {exc.message()}") from exc
+    if not ensemble_ready:
+        raise PublishError(f"the server at {client.url} has no ready ensemble '{client.model}' "
+                           f"(is this a fer-triton server? pass -m/--model for another name)")
+    newest = heads.newest()
+    served = served_versions(client, heads.name)
+    if not served:
+        raise PublishError(f"the server at {client.url} serves no '{heads.name}' model; it is not the server "
+                           f"of {heads.repository}")
+    if served[-1] != newest:
+        raise PublishError(f"the server at {client.url} serves {heads.name} version {served[-1]} but "
+                           f"{heads.model_dir} holds version {newest} as newest: the server does not run "
+                           f"repository {heads.repository}, or it was changed without loading")
+    return newest
+
+
+def read_head(onnx_path: Path) -> LinearHead:
+    """The Linear(512, 7) weights of a published head graph (its ONNX initializers)."""
+    import onnx
+    from onnx import numpy_helper
+
+    arrays = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(onnx_path)).graph.initializer}
+    weights = [a for a in arrays.values() if a.ndim == 2]
+    biases = [a for a in arrays.values() if a.ndim == 1]
+    if len(weights) != 1 or len(biases) != 1:
+        raise PublishError(f"{onnx_path} is not a linear head graph (initializers: {sorted(arrays)})")
+    return LinearHead(weights[0], biases[0])
+
+
+class _HeadGraph(torch.nn.Module):
+    def __init__(self, head: Head):
+        super().__init__()
+        self.head = head  # same attribute path as export's graph: initializers head.fc.weight/bias
+
+    def forward(self, clip_features, mask_logits):
+        return self.head(clip_features, mask_logits)
+
+
+def export_head(head: LinearHead, path: Path, name: str) -> float:
+    """Write ``head`` as the head stage's ONNX graph, validated against PyTorch; returns max |diff|."""
+    module = Head(in_features=head.weight.shape[1], num_classes=head.weight.shape[0])
+    with torch.no_grad():
+        module.fc.weight.copy_(torch.from_numpy(head.weight))
+        module.fc.bias.copy_(torch.from_numpy(head.bias))
+
+    def sample(batch, gen):  # CLIP-like features and non-negative mask logits, as the ensemble feeds them
+        return torch.randn(batch, head.weight.shape[1], generator=gen), \
+            torch.relu(torch.randn(batch, head.weight.shape[1], generator=gen))
+
+    spec = StageSpec(name, _HeadGraph(module), ("clip_features", "mask_logits"),
+                     ("masked_features", "logits", "probabilities"), sample)
+    return export_stage(spec, path).worst
+
+
+def _load(client: FerClient, name: str) -> None:
+    try:
+        client.triton.load_model(name)
+    except InferenceServerException as exc:
+        raise PublishError(f"Triton could not load {name}: {exc.message()}") from exc
+
+
+def publish_head(client: FerClient, heads: HeadVersions, head: LinearHead, *, info: dict,
+                 extra_files: dict[str, Callable[[Path], None]] | None = None,
+                 verify: Callable[[], None] | None = None) -> int:
+    """Write ``head`` as version N+1, load it, check it is served; return N+1.
+
+    ``extra_files`` maps file names to writers (e.g. the drift reference). ``verify`` runs after the
+    load (raise to refuse): on any failure the new version is archived and version N is served again.
+    """
+    serving = check_serving(client, heads)
+    version = heads.next_version()
+    heads.archive_dir.mkdir(parents=True, exist_ok=True)
+    # Build the version folder beside the repository, then move it in whole: a server (re)start
+    # never sees a half-written version.
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=heads.archive_dir) as tmp:
+        staged = Path(tmp) / str(version)
+        staged.mkdir()
+        diff = export_head(head, staged / "model.onnx", heads.name)
+        shutil.copyfile(RUNNER_SOURCE, staged / "model.py")
+        for file_name, write in (extra_files or {}).items():
+            write(staged / file_name)
+        record = {"version": version, "previous_version": serving, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "onnx_max_abs_diff": diff, **info}
+        (staged / HEAD_INFO).write_text(json.dumps(record, indent=2, default=_jsonable))
+        shutil.move(str(staged), str(heads.version_dir(version)))
+    try:
+        _load(client, heads.name)
+        served = served_versions(client, heads.name)
+        if not served or served[-1] != version:
+            raise PublishError(f"after loading, the server serves {heads.name} versions {served}, not {version}")
+        if verify:
+            verify()
+    except Exception as exc:
+        archived = heads.archive(version, "failed")
+        try:
+            _load(client, heads.name)
+        except PublishError as again:
+            raise PublishError(f"{exc}; and reloading version {serving} failed too: {again}") from exc
+        raise PublishError(f"publishing {heads.name} version {version} failed, version {serving} is served "
+                           f"again (the new version is kept in {archived}): {exc}") from exc
+    log.info("published %s version %d (was %d)", heads.name, version, serving)
+    return version
+
+
+def rollback_head(client: FerClient, heads: HeadVersions) -> tuple[int, int]:
+    """Take the newest head version out of service (into the archive) and serve the previous one.
+
+    Returns (version taken out, version now served).
+    """
+    serving = check_serving(client, heads)
+    versions = heads.on_disk()
+    if len(versions) < 2:
+        raise PublishError(f"{heads.model_dir} holds only version {serving}: there is no previous version "
+                           f"to roll back to")
+    previous = versions[-2]
+    archived = heads.archive(serving, "rolled-back")
+    try:
+        _load(client, heads.name)
+    except PublishError:
+        shutil.move(str(archived), str(heads.version_dir(serving)))  # put it back as it was
+        _load(client, heads.name)
+        raise
+    served = served_versions(client, heads.name)
+    if not served or served[-1] != previous:
+        raise PublishError(f"after rollback the server serves {heads.name} versions {served}, not {previous}")
+    log.info("rolled %s back from version %d to %d (archived in %s)", heads.name, serving, previous, archived)
+    return serving, previous
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)
