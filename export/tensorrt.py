@@ -26,10 +26,9 @@ log = logging.getLogger(__name__)
 BUILDERS = ("auto", "python", "trtexec")
 # Where NVIDIA's containers put trtexec when it is not on PATH.
 TRTEXEC_LOCATIONS = ("/usr/src/tensorrt/bin/trtexec", "/opt/tensorrt/bin/trtexec")
-CONTAINER_HINT = ("Run `fer-triton build-trt` on the GPU serving host, e.g. inside NVIDIA's Triton container "
-                  "(docker run --gpus all -v $PWD/model_repository:/models nvcr.io/nvidia/tritonserver:24.10-py3 "
-                  "... with fer-triton installed, or use its /usr/src/tensorrt/bin/trtexec), "
-                  "or `pip install tensorrt` on a host with an NVIDIA GPU and driver")
+CONTAINER_HINT = ("Build plans on the GPU host that serves them, with the TensorRT version of the Triton container "
+                  "that loads them: e.g. in nvcr.io/nvidia/tensorrt:24.10-py3 for nvcr.io/nvidia/tritonserver:24.10-py3 "
+                  "(docs/gpu.md shows the trtexec commands), or on a GPU host with the matching `pip install tensorrt`")
 
 
 class TensorRTUnavailableError(RuntimeError):

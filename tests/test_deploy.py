@@ -222,3 +222,28 @@ def test_kserve_container_and_pod_parts_validate_as_kubernetes_types(version):
     kubernetes_validate.validate(pod, version, strict=True)
     mounted = {m["name"] for m in container["volumeMounts"]}
     assert mounted == {v["name"] for v in pod_spec["volumes"]}
+
+
+# -- gRPC load balancing as docs/kubernetes.md shows it ---------------------------------------------
+
+def _served_requests(server) -> int:
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    match = re.search(r'^nv_inference_request_success\{model="cafe",version="1"\} (\d+)', text, flags=re.M)
+    return int(match.group(1)) if match else 0
+
+
+def test_client_side_round_robin_spreads_requests_over_servers(triton_server, tiny_repository, server_factory):
+    # A headless Service's DNS name resolves to every pod; here an ipv4: target lists two real servers,
+    # and gRPC's round_robin policy must send requests to both over ONE client channel.
+    second = server_factory(tiny_repository)
+    servers = (triton_server, second)
+    before = [_served_requests(s) for s in servers]
+    target = "ipv4:" + ",".join(f"127.0.0.1:{s.grpc_port}" for s in servers)
+    channel_args = [("grpc.lb_policy_name", "round_robin"),
+                    ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    faces, _ = draw_faces(1, 224, seed=3)
+    with FerClient(target, channel_args=channel_args) as client:
+        for _ in range(8):
+            assert client.infer(faces).probabilities.shape == (1, 7)
+    served = [_served_requests(s) - b for s, b in zip(servers, before)]
+    assert sum(served) == 8 and min(served) >= 2, served

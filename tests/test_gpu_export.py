@@ -214,7 +214,7 @@ def test_build_trt_says_tensorrt_and_gpu_are_missing(both_repository):
     result = CliRunner().invoke(cli, ["build-trt", "-r", str(both_repository)])
     assert result.exit_code == 1
     assert "TensorRT is not installed here" in result.output and "GPU" in result.output
-    assert "nvcr.io/nvidia/tritonserver" in result.output  # says where to run it instead
+    assert "nvcr.io/nvidia/tensorrt:" in result.output  # says where to run it instead
     assert not list(both_repository.glob("*/*/model.plan"))
 
 
