@@ -81,7 +81,7 @@ def explain_face(model: CAFE, face: np.ndarray, target: int | None = None) -> Ex
     if target is not None and not 0 <= target < NUM_CLASSES:
         raise ValueError(f"target must be a class index 0..{NUM_CLASSES - 1}, not {target}")
     model.eval()
-    pixels = Preprocess()(torch.from_numpy(face).unsqueeze(0))
+    pixels = Preprocess()(torch.from_numpy(np.array(face)).unsqueeze(0))
     with torch.no_grad():
         out = model(pixels)
     target = int(out.probabilities.argmax()) if target is None else target

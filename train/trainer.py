@@ -167,10 +167,10 @@ class Trainer:
             self.start_epoch = state["epoch"]
             self.best_accuracy = state["best_accuracy"]
             self.history = [EpochRecord(**r) for r in state["history"]]
-            torch.set_rng_state(state["torch_rng"])
+            self._rng_state = state["torch_rng"]
         else:
             self.output.mkdir(parents=True, exist_ok=True)
-            torch.manual_seed(cfg.seed)
+            self._rng_state = None
 
     def _clip_caches(self) -> tuple[ClipFeatureCache | None, ClipFeatureCache | None]:
         cfg, encoder = self.config, self.model.clip
@@ -192,6 +192,11 @@ class Trainer:
                                 f"ask for more than {self.start_epoch} to continue")
         (self.output / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
         train_cache, val_cache = self._clip_caches()
+        # Seed (or restore) the RNG only now: building the caches draws from it.
+        if self._rng_state is not None:
+            torch.set_rng_state(self._rng_state)
+        else:
+            torch.manual_seed(cfg.seed)
         dataset = TorchFaces(self.train_set, make_augment(cfg.augment))
         for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
             started = time.perf_counter()
