@@ -207,3 +207,24 @@ def read_jsonl(path: Path, classes: tuple[str, ...] = CLASSES) -> SiteSample:
             raise DriftError(f"{path}: masked_features have different lengths {sorted(lengths)}")
         features = np.asarray(feats, np.float64)
     return SiteSample(np.asarray(probs, np.float64), features, skipped)
+
+
+def sample_from_images(client, images: list[Path], *, batch_size: int = 32, progress: bool = True) -> SiteSample:
+    """Send face images (files or folders) through the served ensemble; every file must be readable."""
+    from fer_triton.images import ImageReadError, list_images, read_face
+    from fer_triton.retrain.features import extract_features
+
+    paths = list_images(list(images))
+    if not paths:
+        raise DriftError(f"no images found in {', '.join(map(str, images))}")
+    size = client.info().wire_size
+    faces, bad = [], []
+    for path in paths:
+        try:
+            faces.append(read_face(path, size))
+        except ImageReadError as exc:
+            bad.append(str(exc))
+    if bad:
+        raise DriftError(f"{len(bad)} image(s) cannot be read:\n  " + "\n  ".join(bad[:20]))
+    out = extract_features(client, np.stack(faces), batch_size=batch_size, progress=progress, description="drift")
+    return SiteSample(out.probabilities, out.masked_features)

@@ -1,0 +1,167 @@
+"""`fer-triton retrain`, `fer-triton rollback`, `fer-triton drift`: parse arguments, call fer_triton.retrain."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+_url = click.option("-u", "--url", default="127.0.0.1:8001", show_default=True, help="Triton gRPC address.")
+_model = click.option("-m", "--model", default="cafe", show_default=True,
+                      help="Ensemble name (also the repository's model prefix).")
+_repository = click.option("-r", "--repository", type=click.Path(path_type=Path), default=Path("model_repository"),
+                           show_default=True, help="The model repository the server runs (versions are written here).")
+_verbose = click.option("-v", "--verbose", is_flag=True, help="Log each step.")
+
+
+def _errors():
+    from fer_triton.client import FerServerError
+    from fer_triton.retrain.drift import DriftError
+    from fer_triton.retrain.publish import PublishError
+    from fer_triton.retrain.site_data import SiteDataError
+
+    return (SiteDataError, PublishError, DriftError, FerServerError, ValueError, OSError)
+
+
+def _log(verbose: bool) -> None:
+    if verbose:
+        logging.getLogger("fer_triton").setLevel(logging.INFO)
+
+
+@click.command()
+@click.option("-d", "--data", required=True, type=click.Path(path_type=Path),
+              help="Site images: a folder of class folders (Happy/, Sad/ ...) or a CSV with columns path,label.")
+@_url
+@_model
+@_repository
+@click.option("--holdout", default=0.25, show_default=True, help="Share of each class held out to compare the heads.")
+@click.option("--l2", default=1e-2, show_default=True, help="L2 pull towards the starting head.")
+@click.option("--init", "init", type=click.Choice(["zeros", "serving", "zero-shot"]), default="zeros",
+              show_default=True, help="Starting head: zeros, the serving head, or CLIP text prompts (zero-shot).")
+@click.option("--clip-weights", help="CLIP weights for --init zero-shot (default: those the server uses).")
+@click.option("--force", is_flag=True, help="Publish even if the new head is worse on the held-out images.")
+@click.option("--no-publish", is_flag=True, help="Fit, compare and report only; change nothing.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path),
+              help="Report folder (default: retrain-reports/<date-time>).")
+@click.option("-b", "--batch-size", default=32, show_default=True, help="Faces per gRPC request.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the held-out split.")
+@_verbose
+def retrain(data, url, model, repository, holdout, l2, init, clip_weights, force, no_publish, report_dir,
+            batch_size, seed, verbose):
+    """Fit a new head on a site's labelled images and publish it to the running server (no restart)."""
+    from fer_triton.retrain.pipeline import RetrainOptions, retrain as run
+
+    _log(verbose)
+    report_dir = report_dir or Path("retrain-reports") / time.strftime("%Y%m%d-%H%M%S")
+    options = RetrainOptions(holdout=holdout, l2=l2, init=init, zero_shot_weights=clip_weights, force=force,
+                             publish=not no_publish, batch_size=batch_size, seed=seed,
+                             progress=sys.stderr.isatty(), report_dir=report_dir)
+    click.echo(f"retraining the head of '{model}' at {url} on {data}")
+    try:
+        result = run(data, url, repository, model=model, options=options)
+    except _errors() as exc:
+        raise click.ClickException(f"{exc} (the serving head is unchanged)") from exc
+    for step, seconds in result.timings.items():
+        click.echo(f"  {step:<18} {seconds:7.2f} s")
+    click.echo(f"report: {result.report}")
+    if result.refused:
+        raise click.ClickException(result.decision)
+    click.echo(result.decision)
+
+
+@click.command()
+@_url
+@_model
+@_repository
+@_verbose
+def rollback(url, model, repository, verbose):
+    """Serve the previous head version again (the newest goes to <repository>.archive/), no restart."""
+    from fer_triton.client import FerClient
+    from fer_triton.export.repository import RepositoryLayout
+    from fer_triton.retrain.publish import HeadVersions, rollback_head
+
+    _log(verbose)
+    heads = HeadVersions(repository, RepositoryLayout(model))
+    try:
+        with FerClient(url, model) as client:
+            old, new = rollback_head(client, heads)
+    except _errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{heads.name}: version {old} taken out of service (kept in {heads.archive_dir}); "
+               f"version {new} is served")
+
+
+def _parse_limits(pairs) -> dict[str, float]:
+    limits = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            limits[name.strip()] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{pair!r}: expected NAME=NUMBER, e.g. feature_shift=0.5",
+                                     param_hint="--limit") from None
+        if not sep:
+            raise click.BadParameter(f"{pair!r}: expected NAME=NUMBER", param_hint="--limit")
+    return limits
+
+
+@click.command()
+@click.option("--images", type=click.Path(path_type=Path, exists=True), multiple=True,
+              help="Recent face images (files or folders), sent through the server.")
+@click.option("--jsonl", type=click.Path(path_type=Path),
+              help="Recent results as JSON Lines (infer --json, the stream client); masked_features optional.")
+@_url
+@_model
+@_repository
+@click.option("--reference", type=click.Path(path_type=Path),
+              help="Reference file (default: drift_reference.npz of the served head version).")
+@click.option("--write-reference", is_flag=True, help="Save the given sample as the reference instead of checking.")
+@click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE",
+              help="Override a limit: feature_shift (std units, 0.5), label_js (bits, 0.1), confidence_drop (0.1).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--exit-code", is_flag=True, help="Exit with status 3 when a retrain is advised.")
+@_verbose
+def drift(images, jsonl, url, model, repository, reference, write_reference, limits, as_json, exit_code, verbose):
+    """Compare a site's recent outputs with the reference and say whether a retrain is advised."""
+    from fer_triton.client import FerClient
+    from fer_triton.export.repository import RepositoryLayout
+    from fer_triton.retrain.drift import REFERENCE_FILE, DriftReference, check_drift, read_jsonl, sample_from_images
+    from fer_triton.retrain.publish import HeadVersions, check_serving
+
+    _log(verbose)
+    if bool(images) == bool(jsonl):
+        raise click.UsageError("give either --images or --jsonl (the recent sample)")
+    heads = HeadVersions(repository, RepositoryLayout(model))
+    try:
+        if images:
+            with FerClient(url, model) as client:
+                version = check_serving(client, heads) if reference is None else None
+                sample = sample_from_images(client, list(images), progress=sys.stderr.isatty())
+        else:
+            sample = read_jsonl(jsonl)
+            version = heads.newest() if reference is None else None
+        path = reference or heads.version_dir(version) / REFERENCE_FILE
+        if write_reference:
+            source = ", ".join(map(str, images)) if images else str(jsonl)
+            DriftReference.from_sample(sample, source=source, head_version=version).save(path)
+            click.echo(f"wrote drift reference of {len(sample.probabilities)} faces to {path}")
+            return
+        report = check_drift(DriftReference.load(path), sample, _parse_limits(limits))
+    except _errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(report.as_dict() | {"reference": str(path)}))
+    else:
+        click.echo(f"reference {path} ({report.reference_size} faces); recent sample {report.sample_size} faces"
+                   + (f", {sample.skipped} JSON line(s) without a result skipped" if sample.skipped else ""))
+        for s in report.statistics:
+            value = "n/a (no masked features)" if s.value is None else f"{s.value:.3f}"
+            click.echo(f"  {s.name:<16} {value:<26} limit {s.limit:<5g} {'EXCEEDED' if s.exceeded else 'ok'}")
+        click.echo("RETRAIN ADVISED: " + "; ".join(report.reasons) if report.retrain_advised
+                   else "no retrain advised")
+    if exit_code and report.retrain_advised:
+        sys.exit(3)
