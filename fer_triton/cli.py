@@ -67,15 +67,20 @@ def serve(repository, host, grpc_port, http_port, metrics_port, log_file, log_ve
 
 def _register_commands() -> None:
     from fer_triton.client.cli import infer
+    from fer_triton.client.stream_cli import stream
     from fer_triton.demo import demo
     from fer_triton.export.cli import export
     from fer_triton.export.gpu_cli import build_trt, check_precision
     from fer_triton.train.cli import evaluate, explain, train
 
-    for command in (export, infer, demo, train, evaluate, explain):
+    for command in (export, infer, demo, stream, train, evaluate, explain):
         cli.add_command(command)
     cli.add_command(build_trt)
     cli.add_command(check_precision)
+    from fer_triton.retrain.cli import drift, retrain, rollback
+
+    for command in (retrain, rollback, drift):
+        cli.add_command(command)
 
 
 _register_commands()
