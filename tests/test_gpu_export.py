@@ -251,3 +251,24 @@ def test_plan_config_is_refitted_to_the_profile(both_repository):
     assert [w.batch_size for w in cfg.model_warmup] == [1, 32]
     with pytest.raises(ValueError, match="not a tensorrt_plan config"):
         tensorrt._plan_config(both_repository / STAGES["head"] / "configs" / "tensorrt.pbtxt", tensorrt.Profile())
+
+
+@pytest.mark.slow
+def test_full_size_vit_b32_exports_for_gpu_with_a_passing_fp16_check(tmp_path):
+    """The true ViT-B-32-quickgelu (random weights: numerics only, not accuracy) through --target both."""
+    import warnings
+
+    from fer_triton.checkpoint import CAFECheckpoint, build_untrained
+    from fer_triton.clip_loader import DEFAULT_CLIP_MODEL
+    from fer_triton.export.exporter import export_checkpoint
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, init = build_untrained(DEFAULT_CLIP_MODEL, None, seed=0)
+    checkpoint = CAFECheckpoint.from_model(model, clip_model=DEFAULT_CLIP_MODEL, clip_pretrained=None,
+                                           mask_net_init=init).save(tmp_path / "cafe_vit_b32.pt")
+    result = export_checkpoint(checkpoint, tmp_path / "repo", target="both")
+    report = result.gpu_precision
+    print(report.summary())
+    assert report.passed and report.faces == 32 and 0 < report.max_prob_diff < 1e-2
+    assert len(result.gpu_configs) == 4 * len(gpu.VARIANTS)
