@@ -135,6 +135,7 @@ def drift(images, jsonl, url, model, repository, reference, write_reference, lim
     _log(verbose)
     if bool(images) == bool(jsonl):
         raise click.UsageError("give either --images or --jsonl (the recent sample)")
+    limits = _parse_limits(limits)
     heads = HeadVersions(repository, RepositoryLayout(model))
     try:
         if images:
@@ -150,7 +151,7 @@ def drift(images, jsonl, url, model, repository, reference, write_reference, lim
             DriftReference.from_sample(sample, source=source, head_version=version).save(path)
             click.echo(f"wrote drift reference of {len(sample.probabilities)} faces to {path}")
             return
-        report = check_drift(DriftReference.load(path), sample, _parse_limits(limits))
+        report = check_drift(DriftReference.load(path), sample, limits)
     except _errors() as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
