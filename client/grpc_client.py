@@ -76,11 +76,12 @@ class FerClient:
     """Synchronous gRPC client for one server URL. Thread-safe for concurrent ``infer`` calls."""
 
     def __init__(self, url: str = DEFAULT_URL, model: str = DEFAULT_MODEL, *, verbose: bool = False,
-                 timeout_s: float | None = 60.0):
+                 timeout_s: float | None = 60.0, channel_args: list[tuple] | None = None):
         self.url = url
         self.model = model
         self.timeout_s = timeout_s
-        self._client = grpcclient.InferenceServerClient(url=url, verbose=verbose)
+        # channel_args (gRPC channel options) replace tritonclient's defaults when given.
+        self._client = grpcclient.InferenceServerClient(url=url, verbose=verbose, channel_args=channel_args)
         self._info: ModelInfo | None = None
 
     def close(self) -> None:
@@ -156,6 +157,24 @@ class FerClient:
         except InferenceServerException as exc:
             raise _server_error(exc, f"inference on {self.model!r} at {self.url} failed") from exc
         return self._output(result)
+
+    def submit(self, faces: np.ndarray, callback, *, with_features: bool = False, request_id: str = "") -> None:
+        """Send a batch without waiting (several can be in flight); ``callback(output, error)`` runs on a
+        gRPC thread with an InferOutput or a FerServerError. Bad batches raise FerInputError at once."""
+        self.check_batch(faces)
+        inputs, outputs = self._request(faces, with_features)
+
+        def done(result, error):
+            if error is not None:
+                callback(None, _server_error(error, f"inference on {self.model!r} at {self.url} failed"))
+            else:
+                callback(self._output(result), None)
+
+        try:
+            self._client.async_infer(self.model, inputs, done, outputs=outputs, request_id=request_id,
+                                     client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise _server_error(exc, f"inference on {self.model!r} at {self.url} failed") from exc
 
     def infer_all(self, faces: np.ndarray, *, batch_size: int | None = None, with_features: bool = False) -> InferOutput:
         """Any number of faces, sent in batches of at most ``batch_size`` (default: max_batch_size)."""

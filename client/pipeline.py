@@ -1,0 +1,557 @@
+"""Stream many cameras through the served model: read -> find faces -> batch -> gRPC -> in-order results.
+
+    readers (one thread per camera)  ->  per-camera frame queues (bounded; live cameras drop by policy)
+    detect workers (round robin over cameras)  ->  face queue (bounded)
+    sender: batches faces across cameras, keeps up to ``max_in_flight`` requests on the wire
+            (tritonclient async_infer), retries with backoff on another or the same server
+    collector: puts every frame back in order per camera, then writes and counts it
+
+Back-pressure: a batch holds its window slot until it is answered or given up, so a slow or
+absent server fills the face queue, then the frame queues; file readers then wait, live cameras
+drop frames (counted). Memory stays bounded by the queue sizes.
+
+Every frame read is resolved exactly once (faces / no face / bad frame / dropped / unfinished) and
+every face found exactly once (result / error / unfinished); see results.Accounting.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import IO, Callable
+
+import numpy as np
+
+from fer_triton.client.faces import FaceDetector, crop_face, make_detector
+from fer_triton.client.grpc_client import FerInputError, FerServerError, InferOutput
+from fer_triton.client.results import (FaceOutcome, FrameOutcome, JsonLinesWriter, ProgressDisplay, StreamStats,
+                                       format_summary)
+from fer_triton.client.servers import Backoff, ServerPool, is_retryable
+from fer_triton.client.sources import BadFrame, Frame, FrameSource, SourceOpenError, SourceSpec, open_source
+
+log = logging.getLogger(__name__)
+
+DROP_POLICIES = ("oldest", "newest", "block")
+
+
+@dataclass
+class StreamConfig:
+    batch_size: int = 16            # faces per request (capped at the model's max_batch_size)
+    max_wait_ms: float = 5.0        # how long a partial batch waits for more faces
+    max_in_flight: int = 4          # requests on the wire at once: lets Triton's dynamic batcher work
+    queue_frames: int = 4           # frames buffered per camera
+    live_drop: str = "oldest"       # live cameras, when their queue is full: drop "oldest", "newest", or "block"
+    detector: str = "crops"         # "crops", "haar", "mtcnn" (see faces.py)
+    min_face: int = 40              # smallest face the detector reports, in pixels
+    margin: float = 0.1             # widen detected boxes by this fraction of their side on each side
+    detect_workers: int = 2
+    request_timeout_s: float = 30.0
+    retry_timeout_s: float = 120.0  # a batch that keeps failing this long becomes errors
+    connect_wait_s: float = 10.0    # how long to wait at start for any server to answer
+    stall_timeout_s: float = 10.0   # a live camera without frames this long is reported stalled
+    fps: float | None = None        # pace file sources like live cameras (they then get the drop policy)
+    drain_timeout_s: float = 30.0   # after stop(): how long to finish what was already read
+
+    def check(self) -> None:
+        for name in ("batch_size", "max_in_flight", "queue_frames", "detect_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.live_drop not in DROP_POLICIES:
+            raise ValueError(f"live_drop must be one of {', '.join(DROP_POLICIES)}, not {self.live_drop!r}")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"fps must be positive, not {self.fps}")
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0, not {self.margin}")
+
+
+@dataclass
+class _FrameJob:
+    outcome: FrameOutcome
+    read_t: float                    # time.monotonic() when read
+    remaining: int = 0               # faces not yet resolved
+
+
+@dataclass
+class _FaceJob:
+    frame: _FrameJob
+    slot: int                        # index in frame.outcome.faces
+    crop: np.ndarray
+    resolved: bool = False
+
+
+@dataclass
+class _Batch:
+    faces: list[_FaceJob]
+    first_sent: float | None = None
+    attempts: int = 0
+    last_error: str = ""
+    done: bool = False               # resolved; its window slot is released
+    seq: int = field(default_factory=itertools.count().__next__)
+
+
+class _FrameQueues:
+    """Bounded frame queue per camera; workers take frames round robin so no camera starves."""
+
+    def __init__(self, cameras: list[str], capacity: int):
+        self._queues = {c: deque() for c in cameras}
+        self._order = list(cameras)
+        self._next = 0
+        self._capacity = capacity
+        self._cond = threading.Condition()
+        self.closed = False
+
+    def put(self, camera: str, item, drop: str | None) -> tuple[bool, list]:
+        """Queue ``item``; returns (queued, dropped items). ``drop`` None or "block" waits for room."""
+        with self._cond:
+            q = self._queues[camera]
+            while len(q) >= self._capacity and not self.closed:
+                if drop == "oldest":
+                    dropped = [q.popleft()]
+                    q.append(item)
+                    self._cond.notify_all()
+                    return True, dropped
+                if drop == "newest":
+                    return False, [item]
+                self._cond.wait(0.1)
+            if self.closed:
+                return False, []
+            q.append(item)
+            self._cond.notify_all()
+            return True, []
+
+    def get(self, timeout: float):
+        with self._cond:
+            deadline = time.monotonic() + timeout
+            while True:
+                for step in range(len(self._order)):
+                    camera = self._order[(self._next + step) % len(self._order)]
+                    if self._queues[camera]:
+                        self._next = (self._next + step + 1) % len(self._order)
+                        item = self._queues[camera].popleft()
+                        self._cond.notify_all()
+                        return item
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+
+    def empty(self) -> bool:
+        with self._cond:
+            return not any(self._queues.values())
+
+    def close(self) -> list:
+        """Stop accepting; return everything still queued."""
+        with self._cond:
+            self.closed = True
+            items = [item for q in self._queues.values() for item in q]
+            for q in self._queues.values():
+                q.clear()
+            self._cond.notify_all()
+            return items
+
+
+class _InOrder:
+    """Releases each camera's frames in index order, whatever order they finish in."""
+
+    def __init__(self, cameras: list[str], emit: Callable[[FrameOutcome], None]):
+        self._waiting = {c: {} for c in cameras}
+        self._next = {c: 0 for c in cameras}
+        self._emit = emit
+        self._lock = threading.Lock()
+
+    def done(self, outcome: FrameOutcome) -> None:
+        with self._lock:
+            waiting = self._waiting[outcome.camera]
+            waiting[outcome.index] = outcome
+            while self._next[outcome.camera] in waiting:
+                self._emit(waiting.pop(self._next[outcome.camera]))
+                self._next[outcome.camera] += 1
+
+    def waiting(self) -> int:
+        with self._lock:
+            return sum(len(w) for w in self._waiting.values())
+
+
+@dataclass
+class StreamSummary:
+    stats: StreamStats
+    servers: list[dict]
+    interrupted: bool = False
+
+    @property
+    def accounting(self):
+        return self.stats.totals()
+
+    def format(self) -> str:
+        text = format_summary(self.stats, self.servers)
+        return ("stopped early (Ctrl-C): see 'unfinished'\n" if self.interrupted else "") + text
+
+
+class StreamPipeline:
+    """Run ``sources`` through the servers at ``urls``; ``run()`` blocks until every source has ended
+    (or ``stop()``), and returns the summary. Results go to ``out`` (JSON Lines) and/or ``on_frame``."""
+
+    def __init__(self, sources: list[SourceSpec | FrameSource], urls: list[str] | str, model: str = "cafe", *,
+                 config: StreamConfig | None = None, out: IO[str] | None = None,
+                 on_frame: Callable[[FrameOutcome], None] | None = None,
+                 progress: IO[str] | None = None, detector: FaceDetector | None = None):
+        self.config = config or StreamConfig()
+        self.config.check()
+        self.sources = list(sources)
+        cameras = [s.camera for s in self.sources]
+        if len(set(cameras)) != len(cameras):
+            raise ValueError(f"camera ids must be unique, got {cameras}")
+        if not cameras:
+            raise ValueError("give at least one source")
+        self.pool = ServerPool([urls] if isinstance(urls, str) else list(urls), model,
+                               timeout_s=self.config.request_timeout_s, backoff=Backoff())
+        self.detector = detector or make_detector(self.config.detector, min_face=self.config.min_face)
+        self.stats = StreamStats(cameras)
+        self._out, self._on_frame, self._progress_out = out, on_frame, progress
+        self._frames = _FrameQueues(cameras, self.config.queue_frames)
+        self._in_order = _InOrder(cameras, self._emit)
+        self._faces: queue.Queue[_FaceJob] = queue.Queue(maxsize=self.config.batch_size * self.config.max_in_flight)
+        self._window = threading.Semaphore(self.config.max_in_flight)
+        self._retries: list[tuple[float, int, _Batch]] = []
+        self._live_batches: set[int] = set()   # seq of batches holding a window slot
+        self._batches: dict[int, _Batch] = {}
+        self._lock = threading.Lock()           # guards face resolution, batch slots, retries
+        self._stopping = threading.Event()      # no new frames
+        self._aborted = threading.Event()       # give up on what is queued and in flight
+        self._readers_done = threading.Event()
+        self._detect_done = threading.Event()
+        self._last_frame: dict[str, float] = {}
+        self.writer: JsonLinesWriter | None = None
+
+    # ---- outcomes -------------------------------------------------------------------------
+    def _emit(self, outcome: FrameOutcome) -> None:
+        self.stats.record(outcome)
+        if self.writer is not None:
+            self.writer.frame(outcome)
+        if self._on_frame is not None:
+            self._on_frame(outcome)
+
+    def _finish_frame(self, job: _FrameJob, status: str, message: str = "") -> None:
+        job.outcome.status, job.outcome.message = status, message
+        self._in_order.done(job.outcome)
+
+    def _resolve_face(self, face: _FaceJob, **fields) -> None:
+        with self._lock:
+            if face.resolved:
+                return
+            face.resolved = True
+            outcome = face.frame.outcome.faces[face.slot]
+            for name, value in fields.items():
+                setattr(outcome, name, value)
+            face.frame.remaining -= 1
+            complete = face.frame.remaining == 0
+        if complete:
+            self._in_order.done(face.frame.outcome)
+
+    # ---- readers ---------------------------------------------------------------------------
+    def _read_camera(self, item: SourceSpec | FrameSource) -> None:
+        camera = item.camera
+        source = None
+        try:
+            source = item if isinstance(item, FrameSource) else open_source(
+                item, fps=self.config.fps, stall_timeout_s=self.config.stall_timeout_s)
+            if isinstance(item, FrameSource):
+                source.open()
+            drop = self.config.live_drop if source.live else None
+            frames = source.frames()
+            while not self._stopping.is_set():
+                t0 = time.perf_counter()
+                event = next(frames, None)
+                if event is None:
+                    break
+                # Video sources time their own reads, leaving out the fps pacing sleep.
+                self.stats.add_timing("read", getattr(source, "read_ms", (time.perf_counter() - t0) * 1000))
+                if self._stopping.is_set():  # read after stop: never accepted, so not counted
+                    break
+                self._accept(event, drop)
+            status = "stopped" if self._stopping.is_set() else source.end_reason
+        except SourceOpenError as exc:
+            status = f"failed: {exc}"
+        except Exception as exc:  # a broken source must not stop the other cameras
+            log.exception("camera %s failed", camera)
+            status = f"failed: {type(exc).__name__}: {exc}"
+        finally:
+            if source is not None:
+                source.close()
+        self.stats.set_status(camera, status)
+        if self.writer is not None:
+            event = "source_error" if status.startswith("failed") else "ended"
+            self.writer.event(camera, event, status)
+
+    def _accept(self, event: Frame | BadFrame, drop: str | None) -> None:
+        camera = event.camera
+        self._last_frame[camera] = time.monotonic()
+        if self.stats.cameras[camera].status.startswith("stalled"):
+            self.stats.set_status(camera, "running")
+        job = _FrameJob(FrameOutcome(camera, event.index, event.timestamp, "pending",
+                                     getattr(event, "position_ms", None)), time.monotonic())
+        self.stats.add(camera, frames_read=1)
+        if isinstance(event, BadFrame):
+            self._finish_frame(job, "bad_frame", event.message)
+            return
+        queued, dropped = self._frames.put(camera, (event, job), drop)
+        for _, dropped_job in dropped:
+            self.stats.add(camera, frames_dropped=1)
+            self._finish_frame(dropped_job, "dropped", f"live queue full (policy: drop {drop})")
+        if not queued and not dropped:  # closed while waiting for room
+            self._finish_frame(job, "unfinished", "stopped before processing")
+
+    # ---- detection -------------------------------------------------------------------------
+    def _detect_loop(self, wire_size: int) -> None:
+        while True:
+            item = self._frames.get(timeout=0.05)
+            if item is None:
+                if (self._readers_done.is_set() and self._frames.empty()) or self._aborted.is_set():
+                    return
+                continue
+            frame, job = item
+            if self._aborted.is_set():
+                self._finish_frame(job, "unfinished", "stopped before processing")
+                continue
+            t0 = time.perf_counter()
+            try:
+                boxes = self.detector.detect(frame.image)
+                crops = [crop_face(frame.image, box, wire_size, self.config.margin) for box in boxes]
+            except Exception as exc:  # e.g. an odd frame the detector chokes on: report, go on
+                self._finish_frame(job, "bad_frame", f"face detection failed: {type(exc).__name__}: {exc}")
+                continue
+            self.stats.add_timing("detect", (time.perf_counter() - t0) * 1000)
+            frame.image = None  # free the full frame early: only crops travel on
+            if not boxes:
+                self._finish_frame(job, "no_face")
+                continue
+            job.outcome.status = "faces"
+            job.outcome.faces = [FaceOutcome(box) for box in boxes]
+            job.remaining = len(boxes)
+            self.stats.add(frame.camera, faces=len(boxes))
+            for slot, crop in enumerate(crops):
+                face = _FaceJob(job, slot, crop)
+                while True:
+                    if self._aborted.is_set():
+                        self._resolve_face(face, unfinished=True)
+                        break
+                    try:
+                        self._faces.put(face, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+
+    # ---- sending ---------------------------------------------------------------------------
+    def _next_batch(self) -> _Batch | None:
+        """Up to batch_size faces from any cameras; waits at most max_wait_ms after the first one."""
+        try:
+            faces = [self._faces.get(timeout=0.02)]
+        except queue.Empty:
+            return None
+        deadline = time.monotonic() + self.config.max_wait_ms / 1000
+        while len(faces) < self._batch_size:
+            try:
+                faces.append(self._faces.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return _Batch(faces)
+
+    def _due_retry(self) -> _Batch | None:
+        with self._lock:
+            if self._retries and self._retries[0][0] <= time.monotonic():
+                return heapq.heappop(self._retries)[2]
+        return None
+
+    def _in_flight(self) -> int:
+        with self._lock:
+            return len(self._live_batches)
+
+    def _send_loop(self) -> None:
+        while not self._aborted.is_set():
+            batch = self._due_retry()
+            if batch is None:
+                if not self._window.acquire(timeout=0.02):
+                    continue
+                batch = self._next_batch()
+                if batch is None:
+                    self._window.release()
+                    if self._detect_done.is_set() and self._faces.empty() and self._in_flight() == 0:
+                        return
+                    continue
+                with self._lock:
+                    self._live_batches.add(batch.seq)
+                    self._batches[batch.seq] = batch
+            self._send(batch)
+
+    def _send(self, batch: _Batch) -> None:
+        now = time.monotonic()
+        if batch.first_sent is not None and now - batch.first_sent > self.config.retry_timeout_s:
+            self._fail_batch(batch, f"gave up after {now - batch.first_sent:.0f}s and {batch.attempts} attempts; "
+                                    f"last error: {batch.last_error}")
+            return
+        server = self.pool.pick()
+        if server is None:  # every server is benched: wait for the first to come back
+            self._retry_later(batch, self.pool.next_ready_in())
+            return
+        if batch.first_sent is None:
+            batch.first_sent = now
+            for face in batch.faces:
+                self.stats.add(face.frame.outcome.camera, faces_sent=1)
+        batch.attempts += 1
+        faces = np.stack([f.crop for f in batch.faces])
+        started = time.perf_counter()
+
+        def done(output: InferOutput | None, error: FerServerError | None) -> None:
+            try:
+                self._on_answer(batch, server, output, error, started)
+            except Exception:  # never let a bug vanish inside a gRPC thread
+                log.exception("failed to handle an answer")
+                self._fail_batch(batch, "internal error while handling the answer (see log)")
+
+        try:
+            server.client.submit(faces, done)
+        except FerInputError as exc:       # a crop the model cannot take: not worth retrying
+            self._fail_batch(batch, str(exc))
+        except FerServerError as exc:      # e.g. model info unreadable right after a reconnect
+            done(None, exc)
+
+    def _on_answer(self, batch: _Batch, server, output, error, started: float) -> None:
+        if error is None:
+            self.pool.succeeded(server)
+            self.stats.add_timing("request", (time.perf_counter() - started) * 1000)
+            now = time.monotonic()
+            for face, probs, label in zip(batch.faces, output.probabilities, output.labels):
+                self._resolve_face(face, probabilities=probs, label=label, server=server.url,
+                                   latency_ms=(now - face.frame.read_t) * 1000)
+            self._release(batch)
+            return
+        batch.last_error = str(error)
+        log.info("request of %d faces to %s failed (%s): %s", len(batch.faces), server.url, error.status, error)
+        if is_retryable(error):
+            self.pool.failed(server, error)
+            self.stats.count_retry()
+            if not self._aborted.is_set():
+                self._retry_later(batch, 0.0)  # pick() skips the benched server: failover is immediate
+                return
+        self._fail_batch(batch, str(error))
+
+    def _retry_later(self, batch: _Batch, delay_s: float) -> None:
+        with self._lock:
+            heapq.heappush(self._retries, (time.monotonic() + delay_s, batch.seq, batch))
+
+    def _fail_batch(self, batch: _Batch, message: str) -> None:
+        for face in batch.faces:
+            self._resolve_face(face, error=message)
+        self._release(batch)
+
+    def _release(self, batch: _Batch) -> None:
+        with self._lock:
+            if batch.done:
+                return
+            batch.done = True
+            self._live_batches.discard(batch.seq)
+            self._batches.pop(batch.seq, None)
+        self._window.release()
+
+    # ---- stop ------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop reading; what was already read is still finished (up to drain_timeout_s)."""
+        self._stopping.set()
+
+    def abort(self) -> None:
+        """Give up now: everything queued or in flight is reported as unfinished."""
+        self._stopping.set()
+        self._aborted.set()
+        for _, job in self._frames.close():
+            self._finish_frame(job, "unfinished", "stopped before processing")
+        while True:
+            try:
+                self._resolve_face(self._faces.get_nowait(), unfinished=True)
+            except queue.Empty:
+                break
+        with self._lock:
+            batches = list(self._batches.values())
+            self._retries.clear()
+        for batch in batches:  # answers that still arrive find these faces resolved and are ignored
+            for face in batch.faces:
+                self._resolve_face(face, unfinished=True)
+            self._release(batch)
+
+    def _sweep(self) -> None:
+        """After the threads are gone: anything a late reader or worker left behind is unfinished."""
+        for _, job in self._frames.close():
+            self._finish_frame(job, "unfinished", "stopped before processing")
+        while True:
+            try:
+                self._resolve_face(self._faces.get_nowait(), unfinished=True)
+            except queue.Empty:
+                break
+
+    def _watch_stalls(self) -> None:
+        now = time.monotonic()
+        for camera, stats in self.stats.cameras.items():
+            last = self._last_frame.get(camera)
+            if last is None or stats.status != "running":
+                continue
+            if now - last > self.config.stall_timeout_s:
+                self.stats.set_status(camera, f"stalled ({now - last:.0f}s without a frame)")
+                if self.writer is not None:
+                    self.writer.event(camera, "stalled", f"no frame for {now - last:.0f}s")
+
+    # ---- run -------------------------------------------------------------------------------
+    def run(self) -> StreamSummary:
+        info = self.pool.info(wait_s=self.config.connect_wait_s)
+        self._batch_size = min(self.config.batch_size, info.max_batch_size or self.config.batch_size)
+        if self._out is not None:
+            self.writer = JsonLinesWriter(self._out, info.classes)
+        progress = ProgressDisplay(self.stats, self._progress_out) if self._progress_out is not None else None
+        readers = [threading.Thread(target=self._read_camera, args=(s,), name=f"read-{s.camera}", daemon=True)
+                   for s in self.sources]
+        workers = [threading.Thread(target=self._detect_loop, args=(info.wire_size,), name=f"detect-{i}", daemon=True)
+                   for i in range(self.config.detect_workers)]
+        sender = threading.Thread(target=self._send_loop, name="send", daemon=True)
+        for thread in [*readers, *workers, sender]:
+            thread.start()
+        interrupted, stopped_at = False, None
+        while sender.is_alive():
+            try:
+                if all(not t.is_alive() for t in readers):
+                    self._readers_done.set()
+                if self._readers_done.is_set() and all(not t.is_alive() for t in workers):
+                    self._detect_done.set()
+                if self._stopping.is_set():
+                    stopped_at = stopped_at or time.monotonic()
+                    if time.monotonic() - stopped_at > 2.0:
+                        self._readers_done.set()  # a reader stuck in a blocking read must not hold up the end
+                    if time.monotonic() - stopped_at > self.config.drain_timeout_s and not self._aborted.is_set():
+                        self.abort()
+                self._watch_stalls()
+                if progress:
+                    progress.tick(self._in_flight())
+                sender.join(0.1)
+            except KeyboardInterrupt:  # first Ctrl-C: finish what was read; second: give up on it
+                interrupted = True
+                if self._stopping.is_set():
+                    self.abort()
+                else:
+                    self.stop()
+        for thread in workers:
+            thread.join(5)
+        for thread in readers:
+            thread.join(1)
+        self._sweep()
+        if progress:
+            progress.tick(0, force=True)
+            progress.finish()
+        if self._in_order.waiting():
+            log.error("%d frames never completed (a bug): they are missing from the output", self._in_order.waiting())
+        servers = [{"url": s.url, "answered": s.answered, "errors": s.errors, "reconnects": s.reconnects,
+                    "last_error": s.last_error} for s in self.pool.servers]
+        self.pool.close()
+        return StreamSummary(self.stats, servers, interrupted)

@@ -1,0 +1,80 @@
+"""`fer-triton stream`: many cameras, files or folders -> faces -> Triton gRPC -> JSON Lines."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+
+def _raise_interrupt(*_):
+    raise KeyboardInterrupt
+
+
+@click.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("-u", "--url", "urls", multiple=True, default=["127.0.0.1:8001"], show_default=True,
+              help="Triton gRPC address; repeat for several servers (round robin + failover).")
+@click.option("-m", "--model", default="cafe", show_default=True, help="Ensemble name.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True), default="-",
+              show_default=True, help="JSON Lines file for results (- for stdout).")
+@click.option("-d", "--detector", type=click.Choice(["crops", "haar", "mtcnn"]), default="haar", show_default=True,
+              help="crops: every frame already is one face crop; haar: OpenCV; mtcnn: facenet-pytorch.")
+@click.option("--min-face", default=40, show_default=True, help="Smallest face to detect, in pixels.")
+@click.option("--margin", default=0.1, show_default=True, help="Widen face boxes by this fraction per side.")
+@click.option("-b", "--batch-size", default=16, show_default=True, help="Faces per request (across cameras).")
+@click.option("--max-wait-ms", default=5.0, show_default=True, help="How long a partial batch waits for faces.")
+@click.option("--in-flight", default=4, show_default=True, help="Requests on the wire at once (back-pressure).")
+@click.option("--queue-frames", default=4, show_default=True, help="Frames buffered per camera.")
+@click.option("--drop", "live_drop", type=click.Choice(["oldest", "newest", "block"]), default="oldest",
+              show_default=True, help="Live cameras whose queue is full: drop the oldest or newest frame "
+                                      "(counted), or block the reader (OpenCV/driver may then drop uncounted).")
+@click.option("--fps", type=float, help="Play files at this frame rate, like live cameras (drop policy applies).")
+@click.option("--detect-workers", default=2, show_default=True, help="Threads finding and cropping faces.")
+@click.option("--retry-timeout", default=120.0, show_default=True,
+              help="Seconds a failing request is retried (backoff, other servers) before its faces are errors.")
+@click.option("--stall-timeout", default=10.0, show_default=True, help="Seconds without a frame = stalled camera.")
+@click.option("--connect-wait", default=10.0, show_default=True, help="Seconds to wait for a server at start.")
+@click.option("--progress/--no-progress", default=None, help="Live status line on stderr (default: on a terminal).")
+def stream(sources, urls, model, output, detector, min_face, margin, batch_size, max_wait_ms, in_flight,
+           queue_frames, live_drop, fps, detect_workers, retry_timeout, stall_timeout, connect_wait, progress):
+    """Stream SOURCES through the served model and write one JSON line per face.
+
+    A SOURCE is [ID=]LOCATION: a folder or image file, a video file, a stream URL OpenCV opens
+    (rtsp://, http://...) or a camera device index (0, 1, ...). ID names the camera in the output
+    (default: file stem, folder name, URL host or deviceN). Ctrl-C stops reading and finishes what
+    was read; a second Ctrl-C gives up on it (reported as unfinished).
+    Exit code: 0 all good, 2 some camera, frame or face failed, 1 nothing could run.
+    """
+    from fer_triton.client.faces import DetectorUnavailable
+    from fer_triton.client.pipeline import StreamConfig, StreamPipeline
+    from fer_triton.client.servers import NoServerError
+    from fer_triton.client.sources import parse_sources
+
+    try:
+        specs = parse_sources(list(sources))
+        config = StreamConfig(batch_size=batch_size, max_wait_ms=max_wait_ms, max_in_flight=in_flight,
+                              queue_frames=queue_frames, live_drop=live_drop, detector=detector, min_face=min_face,
+                              margin=margin, detect_workers=detect_workers, retry_timeout_s=retry_timeout,
+                              stall_timeout_s=stall_timeout, fps=fps, connect_wait_s=connect_wait)
+        show_progress = sys.stderr.isatty() if progress is None else progress
+        out = sys.stdout if str(output) == "-" else open(output, "w")
+        try:
+            pipeline = StreamPipeline(specs, list(urls), model, config=config, out=out,
+                                      progress=sys.stderr if show_progress else None)
+            signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
+            summary = pipeline.run()
+        finally:
+            if out is not sys.stdout:
+                out.close()
+    except (ValueError, DetectorUnavailable, NoServerError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(summary.format(), err=True)
+    total = summary.accounting
+    failed_cameras = [s for s in summary.stats.cameras.values() if s.status.startswith("failed")]
+    if total.results == 0 and (failed_cameras or total.errors):
+        sys.exit(1)
+    if failed_cameras or total.errors or total.frames_bad or total.faces_unfinished or summary.interrupted:
+        sys.exit(2)
