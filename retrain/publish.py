@@ -92,10 +92,6 @@ class HeadVersions:
         shutil.move(str(self.version_dir(version)), str(target))
         return target
 
-    def info(self, version: int) -> dict:
-        path = self.version_dir(version) / HEAD_INFO
-        return json.loads(path.read_text()) if path.is_file() else {}
-
 
 def served_versions(client: FerClient, model: str) -> list[int]:
     """READY versions of ``model`` on the server (raises PublishError if the server cannot say)."""
