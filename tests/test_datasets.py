@@ -11,8 +11,8 @@ from PIL import Image
 from fer_triton.cli import cli
 from fer_triton.labels import AFFECTNET_TO_RAFDB, ALPHABETICAL_TO_RAFDB, CLASSES, class_index
 from fer_triton.train.augment import PaperAugment, to_model_tensor
-from fer_triton.train.datasets import (DatasetFormatError, open_dataset, parse_spec, read_affectnet, read_folder,
-                                       read_rafdb)
+from fer_triton.train.datasets import (DatasetFormatError, open_dataset, parse_spec, read_affectnet, read_ferplus,
+                                       read_folder, read_rafdb)
 
 RED = (220, 30, 10)
 
@@ -84,6 +84,29 @@ def test_affectnet_reader_maps_seven_classes_crops_faces_and_counts_the_rest(tmp
     (root / "Manually_Annotated_file_lists" / "validation.csv").write_text("path,label\nx.png,1\n")
     with pytest.raises(DatasetFormatError, match="not an AffectNet annotation file"):
         read_affectnet(root, "test")
+
+
+def test_ferplus_reader_takes_the_majority_vote_and_reports_the_rest(tmp_path):
+    test = tmp_path / "FERPlus" / "FER2013Test"
+    for i in range(5):
+        _save(test / f"fer{i:07d}.png", mode="L", size=(48, 48))
+    #        neutral happiness surprise sadness anger disgust fear contempt unknown NF
+    rows = ["fer0000000.png,\"(0, 0, 48, 48)\",0,9,1,0,0,0,0,0,0,0",   # Happy (the single surprise vote is dropped)
+            "fer0000001.png,\"(0, 0, 48, 48)\",2,0,0,0,0,0,6,0,1,1",   # Fear: 6 of 8 counted votes
+            "fer0000002.png,\"(0, 0, 48, 48)\",4,0,0,4,0,0,0,0,2,0",   # no majority (4 of 10)
+            "fer0000003.png,\"(0, 0, 48, 48)\",0,0,0,0,0,0,0,8,2,0",   # contempt
+            "fer0000004.png,\"(0, 0, 48, 48)\",0,0,0,0,0,0,0,0,0,10"]  # not a face
+    (test / "label.csv").write_text("\n".join(rows) + "\n")
+    ds = read_ferplus(tmp_path / "FERPlus", "test")
+    assert [CLASSES[c] for c in ds.labels] == ["Happy", "Fear"]
+    assert ds.skipped == {"no majority vote": 1, "contempt (not one of the 7 classes)": 1,
+                          "not-a-face (not one of the 7 classes)": 1}
+    assert ds.load(0).shape == (48, 48, 3)  # grayscale FER2013 pixels replicated to RGB
+    spec = parse_spec(str(tmp_path / "FERPlus"))
+    assert (spec.kind, spec.name) == ("ferplus", "FERPlus")
+    (test / "label.csv").write_text("fer0000000.png,0,9\n")
+    with pytest.raises(DatasetFormatError, match=r"label.csv:1: expected image, box and 10 vote counts"):
+        read_ferplus(tmp_path / "FERPlus", "test")
 
 
 def test_folder_reader_maps_names_alphabetical_order_and_reads_rgb(tmp_path):

@@ -47,7 +47,7 @@ def trained_run(drawn_folder, tmp_path_factory):
     """`fer-triton train` for 2 epochs of 2 steps, validating on the same drawn set."""
     out = tmp_path_factory.mktemp("run") / "cafe"
     result = CliRunner().invoke(cli, ["train", "-d", f"Drawn=folder:{drawn_folder}", "--val", str(drawn_folder),
-                                      "-o", str(out), "--epochs", "2", "-b", "8", "--max-steps", "2", *TINY])
+                                      "-o", str(out), "--epochs", "2", "-b", "4", "--max-steps", "2", *TINY])
     assert result.exit_code == 0, result.output
     return out, result.output
 

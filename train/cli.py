@@ -68,12 +68,13 @@ ignore_class_option = click.option("--ignore-class", multiple=True, metavar="FOL
 @class_map_option
 @ignore_class_option
 @click.option("--workers", default=2, show_default=True, help="DataLoader worker processes.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda, cuda:1...")
 @click.option("--max-steps", type=int, help="Stop every epoch after this many steps (smoke runs).")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last finished epoch.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def train(data_spec, val_spec, output, epochs, batch_size, lr, weight_decay, lr_gamma, seed, div_weight,
           sep_weight, drop_per_block, augment, cache_clip_features, cache_dir, clip_model, clip_weights,
-          embed_clip, mask_init, class_map, ignore_class, workers, max_steps, resume, no_progress):
+          embed_clip, mask_init, class_map, ignore_class, workers, device, max_steps, resume, no_progress):
     """Train CAFE (frozen CLIP + ResNet-18 channel mask + linear head) with the paper's recipe."""
     from fer_triton.train.trainer import TrainConfig
     from fer_triton.train.trainer import train as run_training
@@ -88,14 +89,15 @@ def train(data_spec, val_spec, output, epochs, batch_size, lr, weight_decay, lr_
                              lr_gamma=lr_gamma, seed=seed, div_weight=div_weight, sep_weight=sep_weight,
                              drop_per_block=drop_per_block, augment=augment, cache_clip_features=cache_clip_features,
                              clip_model=clip_model, clip_weights=None if clip_weights == "random" else clip_weights,
-                             embed_clip=embed_clip, mask_init=mask_init, workers=workers,
+                             embed_clip=embed_clip, mask_init=mask_init, workers=workers, device=device,
                              max_steps_per_epoch=max_steps)
         config.validate()
     except _library_errors() as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"train: {train_set.describe()}")
     click.echo(f"val:   {val_set.describe() if val_set else 'none (best.pt is not written)'}")
-    click.echo(f"CLIP {clip_model} ({clip_weights}); features {config.clip_features_path}")
+    click.echo(f"CLIP {clip_model} ({clip_weights}); features {config.clip_features_path}; "
+               f"device {config.torch_device()}")
     if config.clip_weights is None:
         click.secho("WARNING: RANDOM CLIP weights: the trained model is meaningless (tests and timing only).",
                     fg="yellow", err=True)
@@ -128,26 +130,31 @@ def train(data_spec, val_spec, output, epochs, batch_size, lr, weight_decay, lr_
               help="Table row names, in order: checkpoints, then the served model (default: training source).")
 @click.option("-b", "--batch-size", default=64, show_default=True)
 @click.option("--workers", default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda...")
 @click.option("--cache-dir", type=click.Path(path_type=Path),
               help="Keep CLIP features of the test images here (reused when the same CLIP is evaluated again).")
 @class_map_option
 @ignore_class_option
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Print gRPC requests (tritonclient verbose).")
-def evaluate(checkpoints, data_specs, output, url, model, row_names, batch_size, workers, cache_dir, class_map,
-             ignore_class, no_progress, verbose):
+def evaluate(checkpoints, data_specs, output, url, model, row_names, batch_size, workers, device, cache_dir,
+             class_map, ignore_class, no_progress, verbose):
     """Accuracy per test set and the mean, per-class recall, confusion matrices (the paper's Table 1 layout)."""
     from fer_triton.checkpoint import CAFECheckpoint
     from fer_triton.client.grpc_client import FerClient, FerInputError, FerServerError
     from fer_triton.train.evaluate import predict_pytorch, predict_served, result_of, write_report
     from fer_triton.train.feature_cache import cached_clip_features
+    from fer_triton.train.trainer import TrainConfig
 
     if not checkpoints and not url:
         raise click.UsageError("give at least one --checkpoint, or -u to evaluate a served model")
+    if len(row_names) > len(checkpoints) + bool(url):
+        raise click.UsageError(f"{len(row_names)} --row-name given for {len(checkpoints) + bool(url)} table rows")
     progress = not no_progress
     table, notes = {}, []
     names = list(row_names)
     try:
+        torch_device = TrainConfig(device=device).torch_device()
         test_sets = [_open(spec, "test", class_map, ignore_class) for spec in data_specs]
         for ts in test_sets:
             click.echo(f"test set {ts.describe()}")
@@ -160,7 +167,7 @@ def evaluate(checkpoints, data_specs, output, url, model, row_names, batch_size,
             if ckpt.clip_is_random or not ckpt.meta.get("trained", False):
                 notes.append(f"{row}: {'RANDOM CLIP weights' if ckpt.clip_is_random else 'untrained'}; "
                              "its numbers say nothing about real accuracy.")
-            net = ckpt.build_model()
+            net = ckpt.build_model().to(torch_device)
             table[row] = {}
             for ts in test_sets:
                 cache = cached_clip_features(net.clip, ts, cache_dir, batch_size=batch_size, workers=workers,

@@ -8,6 +8,10 @@ Kinds (a data spec is ``[NAME=][KIND:]PATH``; without KIND the layout is recogni
   ``Manually_Annotated_Images/``; the 7 basic classes (expression 0..6) mapped with AFFECTNET_TO_RAFDB.
   Rows with expression 7..10 (contempt, none, uncertain, no face) are not part of 7-class AffectNet:
   they are counted in ``skipped``.
+- ``ferplus``: FERPlus as written by Microsoft's generate_training_data.py: ``FER2013Train/`` and
+  ``FER2013Test/``, each with the PNGs and ``label.csv`` (image, box, 10 vote counts). Labels by the
+  FERPlus majority rule: single votes are dropped, the top emotion needs more than half of the rest;
+  images whose majority is contempt, unknown or not-a-face, or with no majority, go to ``skipped``.
 - ``folder``: one sub-folder per class (SFEW 2.0, MMA, a site's own images). Class folders named
   after the expressions (any case, common synonyms) map by name; ``class_map="alphabetical"`` maps
   the 7 sorted folders with ALPHABETICAL_TO_RAFDB (for folders named 0..6 and the like).
@@ -28,7 +32,7 @@ from fer_triton.labels import AFFECTNET_TO_RAFDB, ALPHABETICAL_TO_RAFDB, CLASSES
 
 log = logging.getLogger(__name__)
 
-KINDS = ("rafdb", "affectnet", "folder")
+KINDS = ("rafdb", "affectnet", "ferplus", "folder")
 RAFDB_LIST = "list_patition_label.txt"  # sic: the file's name in the RAF-DB release
 
 
@@ -198,6 +202,63 @@ def _affectnet_box(row: dict) -> tuple[int, int, int, int] | None:
         return None
 
 
+# -- FERPlus ----------------------------------------------------------------------------------
+_FERPLUS_SPLIT = {"train": "FER2013Train", "test": "FER2013Test"}
+_FERPLUS_VOTES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
+                  "unknown", "not-a-face")
+
+
+def read_ferplus(root: str | Path, split: str = "train", name: str = "FERPlus") -> FaceDataset:
+    """``root`` holds FER2013Train/ and FER2013Test/ (or is one of them); split "test" is FER2013Test."""
+    root = Path(root)
+    if split not in _FERPLUS_SPLIT:
+        raise ValueError(f"FERPlus split must be 'train' or 'test', not {split!r}")
+    folder = root if (root / "label.csv").is_file() else root / _FERPLUS_SPLIT[split]
+    label_file = folder / "label.csv"
+    if not label_file.is_file():
+        raise DatasetFormatError(f"{root} is not a FERPlus folder: no label.csv in it or in {_FERPLUS_SPLIT[split]}/")
+    samples, skipped, missing = [], Counter(), []
+    with label_file.open(newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh), 1):
+            if not row:
+                continue
+            if len(row) != 2 + len(_FERPLUS_VOTES):
+                raise DatasetFormatError(f"{label_file}:{lineno}: expected image, box and {len(_FERPLUS_VOTES)} vote "
+                                         f"counts, got {len(row)} fields")
+            try:
+                votes = [float(v) for v in row[2:]]
+            except ValueError:
+                raise DatasetFormatError(f"{label_file}:{lineno}: vote counts must be numbers: {row[2:]}")
+            votes = [v if v > 1 else 0.0 for v in votes]  # FERPlus: a single vote is an outlier
+            top = max(range(len(votes)), key=votes.__getitem__)
+            if votes[top] <= 0.5 * sum(votes):
+                skipped["no majority vote"] += 1
+                continue
+            if top >= 7:
+                skipped[f"{_FERPLUS_VOTES[top]} (not one of the 7 classes)"] += 1
+                continue
+            path = folder / row[0]
+            if not path.is_file():
+                missing.append(row[0])
+                continue
+            samples.append(Sample(path, class_index(_FERPLUS_VOTES[top]), _ferplus_box(row[1])))
+    if missing:
+        raise DatasetFormatError(f"{len(missing)} FERPlus images listed in {label_file} are missing "
+                                 f"(first: {', '.join(missing[:3])})")
+    if not samples:
+        raise DatasetFormatError(f"{label_file} has no image with a majority for one of the 7 classes")
+    return FaceDataset(name, "ferplus", root, split, samples, dict(skipped))
+
+
+def _ferplus_box(text: str) -> tuple[int, int, int, int] | None:
+    """"(left, top, right, bottom)" -> (x, y, width, height)."""
+    try:
+        left, top, right, bottom = (int(v) for v in text.strip("() ").split(","))
+    except ValueError:
+        return None
+    return left, top, right - left, bottom - top
+
+
 # -- class folders -----------------------------------------------------------------------------
 def read_folder(root: str | Path, name: str | None = None, class_map: str = "names",
                 ignore_classes: tuple[str, ...] = ()) -> FaceDataset:
@@ -282,6 +343,8 @@ def parse_spec(text: str) -> DataSpec:
 def detect_kind(path: Path) -> str:
     if (path / "EmoLabel" / RAFDB_LIST).is_file() or (path / RAFDB_LIST).is_file():
         return "rafdb"
+    if (path / "label.csv").is_file() or any((path / d / "label.csv").is_file() for d in _FERPLUS_SPLIT.values()):
+        return "ferplus"
     if path.suffix == ".csv" or any((path / d / f).is_file() for d in (".", "Manually_Annotated_file_lists")
                                     for f in _AFFECTNET_CSV.values()):
         return "affectnet"
@@ -291,16 +354,18 @@ def detect_kind(path: Path) -> str:
 
 
 def _default_name(kind: str, path: Path) -> str:
-    return {"rafdb": "RAF-DB", "affectnet": "AffectNet"}.get(kind, path.name)
+    return {"rafdb": "RAF-DB", "affectnet": "AffectNet", "ferplus": "FERPlus"}.get(kind, path.name)
 
 
 def open_dataset(spec: DataSpec, split: str, class_map: str = "names",
                  ignore_classes: tuple[str, ...] = ()) -> FaceDataset:
-    """Read ``spec``; ``split`` ("train"/"test") applies to RAF-DB and AffectNet, a folder is its own split."""
+    """Read ``spec``; ``split`` ("train"/"test") applies to RAF-DB, AffectNet and FERPlus; a folder is its own split."""
     if spec.kind == "rafdb":
         return read_rafdb(spec.path, split, spec.name)
     if spec.kind == "affectnet":
         return read_affectnet(spec.path, split, spec.name)
+    if spec.kind == "ferplus":
+        return read_ferplus(spec.path, split, spec.name)
     if spec.kind == "folder":
         return read_folder(spec.path, spec.name, class_map, ignore_classes)
     raise ValueError(f"unknown dataset kind {spec.kind!r}; expected one of {KINDS}")

@@ -72,13 +72,14 @@ def predict_pytorch(model: CAFE, dataset: FaceDataset, *, clip_cache: ClipFeatur
     if clip_cache is not None and len(clip_cache) != len(dataset):
         raise ValueError(f"CLIP feature cache has {len(clip_cache)} rows for {len(dataset)} images of {dataset.name}")
     was_training = model.training
+    device = next(model.mask_net.parameters()).device
     model.eval()
     loader = DataLoader(TorchFaces(dataset, NoAugment()), batch_size=batch_size, shuffle=False, num_workers=workers)
     out = []
     try:
         for pixels, _, index, _ in tqdm(loader, desc=f"evaluate {dataset.name}", disable=not progress, leave=False):
-            clip = clip_cache.lookup(index) if clip_cache is not None else None
-            out.append(model(pixels, clip_features=clip).probabilities)
+            clip = clip_cache.lookup(index).to(device) if clip_cache is not None else None
+            out.append(model(pixels.to(device), clip_features=clip).probabilities.cpu())
     finally:
         model.train(was_training)
     return torch.cat(out).numpy()

@@ -72,12 +72,14 @@ def compute_clip_features(encoder: torch.nn.Module, dataset: FaceDataset, *, fli
                           batch_size: int = 64, workers: int = 0, progress: bool = True) -> ClipFeatureCache:
     """Run the frozen encoder once over every (clean, and with ``flips`` mirrored) image."""
     encoder.eval()
+    device = next(encoder.parameters()).device
     loader = DataLoader(TorchFaces(dataset, NoAugment()), batch_size=batch_size, shuffle=False, num_workers=workers)
     parts = []
     for pixels, _, _, _ in tqdm(loader, desc=f"CLIP features {dataset.name}", disable=not progress, leave=False):
-        views = [encoder(pixels)]
+        pixels = pixels.to(device)
+        views = [encoder(pixels).cpu()]
         if flips:
-            views.append(encoder(pixels.flip(-1)))
+            views.append(encoder(pixels.flip(-1)).cpu())
         parts.append(torch.stack(views, dim=1))
     return ClipFeatureCache(torch.cat(parts))
 

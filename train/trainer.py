@@ -66,6 +66,7 @@ class TrainConfig:
     mask_init: str = "random"                  # "random", "imagenet", "msceleb:<path>" (the paper's)
     embed_clip: bool = False                   # store CLIP weights inside the checkpoints
     workers: int = 2
+    device: str = "auto"                       # "auto" (CUDA when available), "cpu", "cuda", "cuda:1"...
     max_steps_per_epoch: int | None = None     # for smoke tests; None = whole epoch
     eval_batch_size: int = 64
 
@@ -80,6 +81,18 @@ class TrainConfig:
             raise ValueError(f"augment must be 'paper' or 'none', not {self.augment!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ValueError("max_steps_per_epoch must be at least 1")
+        self.torch_device()
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"device {self.device!r} is not a torch device (cpu, cuda, cuda:1...)") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} asked for, but torch sees no CUDA GPU here")
+        return device
 
     @property
     def clip_features_path(self) -> str:
@@ -158,6 +171,8 @@ class Trainer:
                     warnings.simplefilter("ignore")  # the CLI says so loudly instead
                 self.model, _ = build_untrained(cfg.clip_model, cfg.clip_weights, mask_net_init=cfg.mask_init,
                                                 seed=cfg.seed)
+        self.device = cfg.torch_device()
+        self.model.to(self.device)
         params = list(self.model.mask_net.parameters()) + list(self.model.head.parameters())
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=cfg.lr_gamma)
@@ -237,7 +252,8 @@ class Trainer:
         for step, (pixels, labels, index, flipped) in enumerate(bar):
             if step >= total:
                 break
-            clip = cache.lookup(index, flipped) if cache is not None else None
+            pixels, labels = pixels.to(self.device), labels.to(self.device)
+            clip = cache.lookup(index, flipped).to(self.device) if cache is not None else None
             out = self.model(pixels, clip_features=clip)
             drop = losses.channel_drop_mask(out.masked_features.shape[1], out.logits.shape[1], cfg.group_size,
                                             cfg.drop_per_block, generator=drop_rng)
@@ -272,8 +288,14 @@ class Trainer:
                         "best_val_accuracy": self.best_accuracy if self.best_accuracy >= 0 else None},
             "source": "fer-triton train",
         }
-        return CAFECheckpoint.from_model(self.model, clip_model=cfg.clip_model, clip_pretrained=cfg.clip_weights,
+        ckpt = CAFECheckpoint.from_model(self.model, clip_model=cfg.clip_model, clip_pretrained=cfg.clip_weights,
                                          mask_net_init=cfg.mask_init, meta=meta, embed_clip=cfg.embed_clip)
+        # Checkpoints always hold CPU tensors, whatever device trained them.
+        ckpt.mask_net = {k: v.cpu() for k, v in ckpt.mask_net.items()}
+        ckpt.head = {k: v.cpu() for k, v in ckpt.head.items()}
+        if ckpt.clip_state_dict is not None:
+            ckpt.clip_state_dict = {k: v.cpu() for k, v in ckpt.clip_state_dict.items()}
+        return ckpt
 
     def _save(self, epoch: int, record: EpochRecord) -> None:
         self._checkpoint(record, "last").save(self.output / "last.pt")
