@@ -142,10 +142,11 @@ def test_folder_reader_explains_split_folders_and_unknown_classes(tmp_path):
     ferplus = tmp_path / "ferplus"
     for folder in ("Happy", "Sad", "Contempt"):
         _save(ferplus / folder / "a.png")
+    _save(ferplus / "Contempt" / "b.png")
     with pytest.raises(DatasetFormatError, match="Contempt are not expression names"):
         read_folder(ferplus)
     ds = read_folder(ferplus, ignore_classes=("contempt",))
-    assert len(ds) == 2 and ds.skipped == {"ignored class folders": 1}
+    assert len(ds) == 2 and ds.skipped == {"in ignored class folders (Contempt)": 2}
 
 
 def test_label_maps_agree_with_class_names():

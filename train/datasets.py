@@ -281,8 +281,10 @@ def read_folder(root: str | Path, name: str | None = None, class_map: str = "nam
     loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if loose:
         skipped["images outside class folders"] = len(loose)
-    if ignored:
-        skipped["ignored class folders"] = sum(1 for d in root.iterdir() if d.is_dir() and d.name.lower() in ignored)
+    left_out = [d for d in root.iterdir() if d.is_dir() and d.name.lower() in ignored]
+    if left_out:
+        skipped[f"in ignored class folders ({', '.join(sorted(d.name for d in left_out))})"] = sum(
+            1 for d in left_out for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not samples:
         raise DatasetFormatError(f"the class folders of {root} hold no images")
     return FaceDataset(name or root.name, "folder", root, root.name, samples, dict(skipped))
