@@ -180,7 +180,8 @@ def read_affectnet(root: str | Path, split: str = "train", name: str = "AffectNe
                 skipped[f"{_AFFECTNET_NOT_7_CLASSES[expression]} (not one of the 7 classes)"] += 1
                 continue
             if expression not in AFFECTNET_TO_RAFDB:
-                raise DatasetFormatError(f"{csv_path}:{lineno}: expression {expression} is not an AffectNet label 0..10")
+                raise DatasetFormatError(f"{csv_path}:{lineno}: expression {expression} is not an AffectNet "
+                                         "label 0..10")
             rel = row["subDirectory_filePath"]
             path = next((d / rel for d in image_dirs if (d / rel).is_file()), None)
             if path is None:

@@ -126,8 +126,9 @@ def top_channels(keep_by_class: np.ndarray, k: int = 10) -> list[dict]:
         if np.isnan(keep_by_class[c]).all():
             continue
         for rank, ch in enumerate(np.argsort(-keep_by_class[c])[:k], 1):
+            keep = float(keep_by_class[c, ch])
             rows.append({"class": CLASSES[c], "rank": rank, "channel": int(ch), "group": channel_group(int(ch)),
-                         "keep": float(keep_by_class[c, ch]), "keep_vs_mean": float(keep_by_class[c, ch] - overall[ch])})
+                         "keep": keep, "keep_vs_mean": keep - float(overall[ch])})
     return rows
 
 

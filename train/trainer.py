@@ -29,7 +29,6 @@ from tqdm import tqdm
 
 from fer_triton import clip_loader
 from fer_triton.checkpoint import CAFECheckpoint, build_untrained
-from fer_triton.model import CAFE
 from fer_triton.train import losses
 from fer_triton.train.augment import make_augment
 from fer_triton.train.datasets import FaceDataset, TorchFaces
