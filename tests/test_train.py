@@ -183,3 +183,35 @@ def test_explain_writes_pictures_and_channel_statistics(trained_run, drawn_folde
     bad = CliRunner().invoke(cli, ["explain", "-c", str(out / "final.pt"), str(image), "--class", "Bored",
                                    "-o", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "unknown expression class 'Bored'" in bad.output
+
+
+def test_table1_layout_with_several_sources_and_test_sets(tmp_path):
+    """Rows = training sources, columns = test sets, Mean over a row's columns; recall per class."""
+    from fer_triton.train.evaluate import EvalResult, table1_markdown, write_report
+
+    def result(name, labels, predictions):
+        return EvalResult(name, np.array(labels), np.array(predictions))
+
+    table = {
+        "RAF-DB": {"RAF-DB": result("RAF-DB", [0, 1, 2, 3], [0, 1, 2, 0]),      # 75 %
+                   "SFEW": result("SFEW", [3, 3, 4, 4, 5], [3, 4, 4, 4, 6])},     # 60 %
+        "AffectNet": {"SFEW": result("SFEW", [3, 3, 4, 4, 5], [3, 3, 4, 4, 5])},  # 100 %, no RAF-DB column
+    }
+    md = table1_markdown(table).splitlines()
+    assert md[0] == "| Trained on | RAF-DB | SFEW | Mean |"
+    assert md[2] == "| RAF-DB | 75.00 | 60.00 | 67.50 |"
+    assert md[3] == "| AffectNet |  | 100.00 | 100.00 |"
+    assert md[5] == "Test images: RAF-DB 4, SFEW 5."
+    sfew = table["RAF-DB"]["SFEW"]
+    assert sfew.per_class_recall == [None, None, None, 0.5, 1.0, 0.0, None]
+    assert sfew.confusion[5, 6] == 1 and sfew.confusion.sum() == 5
+    paths = write_report(table, tmp_path, note="synthetic numbers")
+    with paths["recall_csv"].open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["trained_on"], r["test_set"]) for r in rows] == [("RAF-DB", "RAF-DB"), ("RAF-DB", "SFEW"),
+                                                               ("AffectNet", "SFEW")]
+    assert rows[1]["Surprise"] == "" and float(rows[1]["Happy"]) == 50.0
+    report = paths["report"].read_text()
+    assert "synthetic numbers" in report and "## RAF-DB on SFEW: accuracy 60.00% (5 images)" in report
+    assert "| Angry | 0 | 0 | 0 | 0 | 0 | 0 | 1 | 0.00 |" in report
+    assert len(list((tmp_path / "confusion").iterdir())) == 3
