@@ -86,6 +86,22 @@ def test_affectnet_reader_maps_seven_classes_crops_faces_and_counts_the_rest(tmp
         read_affectnet(root, "test")
 
 
+def test_affectnet_reader_reads_the_cropped_release_with_npy_labels(tmp_path):
+    val = tmp_path / "AffectNet" / "val_set"
+    for image_id, expression in (("0", 3), ("1", 5), ("2", 7)):
+        _save(val / "images" / f"{image_id}.jpg", size=(224, 224))
+        (val / "annotations").mkdir(parents=True, exist_ok=True)
+        np.save(val / "annotations" / f"{image_id}_exp.npy", np.array(str(expression)))
+    spec = parse_spec(str(tmp_path / "AffectNet"))
+    ds = open_dataset(spec, "test")
+    assert (spec.kind, ds.split) == ("affectnet", "test")
+    assert [CLASSES[c] for c in ds.labels] == ["Surprise", "Disgust"]
+    assert ds.skipped == {"contempt (not one of the 7 classes)": 1}
+    (val / "images" / "1.jpg").unlink()
+    with pytest.raises(DatasetFormatError, match="1 AffectNet images annotated .* missing .*first ids: 1"):
+        read_affectnet(tmp_path / "AffectNet", "test")
+
+
 def test_ferplus_reader_takes_the_majority_vote_and_reports_the_rest(tmp_path):
     test = tmp_path / "FERPlus" / "FER2013Test"
     for i in range(5):

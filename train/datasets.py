@@ -3,7 +3,8 @@
 Kinds (a data spec is ``[NAME=][KIND:]PATH``; without KIND the layout is recognised):
 - ``rafdb``: RAF-DB basic: ``EmoLabel/list_patition_label.txt`` (``train_00001.jpg 5``, labels 1..7)
   and ``Image/aligned/<stem>_aligned.jpg``; the split is the file-name prefix (train / test).
-- ``affectnet``: AffectNet's ``training.csv`` / ``validation.csv`` (columns subDirectory_filePath,
+- ``affectnet``: AffectNet's cropped release (``train_set/`` and ``val_set/``, each ``images/<id>.jpg``
+  with ``annotations/<id>_exp.npy``), or the original one: ``training.csv`` / ``validation.csv`` (columns subDirectory_filePath,
   face_x, face_y, face_width, face_height, ..., expression) with images under
   ``Manually_Annotated_Images/``; the 7 basic classes (expression 0..6) mapped with AFFECTNET_TO_RAFDB.
   Rows with expression 7..10 (contempt, none, uncertain, no face) are not part of 7-class AffectNet:
@@ -144,6 +145,7 @@ def read_rafdb(root: str | Path, split: str = "train", name: str = "RAF-DB") -> 
 
 # -- AffectNet ---------------------------------------------------------------------------------
 _AFFECTNET_CSV = {"train": "training.csv", "test": "validation.csv"}
+_AFFECTNET_NPY = {"train": "train_set", "test": "val_set"}
 _AFFECTNET_NOT_7_CLASSES = {7: "contempt", 8: "none", 9: "uncertain", 10: "no-face"}
 
 
@@ -152,6 +154,9 @@ def read_affectnet(root: str | Path, split: str = "train", name: str = "AffectNe
     root = Path(root)
     if split not in _AFFECTNET_CSV:
         raise ValueError(f"AffectNet split must be 'train' or 'test' (its validation set), not {split!r}")
+    npy_split = root / _AFFECTNET_NPY[split]
+    if (npy_split / "annotations").is_dir():
+        return _read_affectnet_npy(root, npy_split, split, name)
     if root.is_file():
         csv_path, base = root, root.parent
     else:
@@ -161,7 +166,7 @@ def read_affectnet(root: str | Path, split: str = "train", name: str = "AffectNe
         base = root
         if csv_path is None:
             raise DatasetFormatError(f"{root} is not an AffectNet folder: no {wanted} in it or in "
-                                     "Manually_Annotated_file_lists/")
+                                     f"Manually_Annotated_file_lists/, and no {_AFFECTNET_NPY[split]}/annotations/")
     image_dirs = [d for d in (base / "Manually_Annotated_Images", base.parent / "Manually_Annotated_Images", base)
                   if d.is_dir()]
     samples, skipped, missing = [], Counter(), []
@@ -193,6 +198,34 @@ def read_affectnet(root: str | Path, split: str = "train", name: str = "AffectNe
                                  f"{', '.join(map(str, image_dirs)) or base} (first: {', '.join(missing[:3])})")
     if not samples:
         raise DatasetFormatError(f"{csv_path} has no images of the 7 basic classes")
+    return FaceDataset(name, "affectnet", root, split, samples, dict(skipped))
+
+
+def _read_affectnet_npy(root: Path, folder: Path, split: str, name: str) -> FaceDataset:
+    """The cropped release: <split>/images/<id>.jpg with <split>/annotations/<id>_exp.npy."""
+    samples, skipped, missing = [], Counter(), []
+    for ann in sorted((folder / "annotations").glob("*_exp.npy")):
+        image_id = ann.name[:-len("_exp.npy")]
+        try:
+            expression = int(np.load(ann))
+        except (ValueError, TypeError, OSError) as exc:
+            raise DatasetFormatError(f"{ann}: not an AffectNet expression label ({exc})") from exc
+        if expression in _AFFECTNET_NOT_7_CLASSES:
+            skipped[f"{_AFFECTNET_NOT_7_CLASSES[expression]} (not one of the 7 classes)"] += 1
+            continue
+        if expression not in AFFECTNET_TO_RAFDB:
+            raise DatasetFormatError(f"{ann}: expression {expression} is not an AffectNet label 0..10")
+        path = next((p for p in (folder / "images" / f"{image_id}{ext}" for ext in (".jpg", ".png", ".jpeg"))
+                     if p.is_file()), None)
+        if path is None:
+            missing.append(image_id)
+            continue
+        samples.append(Sample(path, AFFECTNET_TO_RAFDB[expression]))
+    if missing:
+        raise DatasetFormatError(f"{len(missing)} AffectNet images annotated in {folder / 'annotations'} are "
+                                 f"missing from {folder / 'images'} (first ids: {', '.join(missing[:3])})")
+    if not samples:
+        raise DatasetFormatError(f"{folder / 'annotations'} has no *_exp.npy label of the 7 basic classes")
     return FaceDataset(name, "affectnet", root, split, samples, dict(skipped))
 
 
@@ -348,6 +381,8 @@ def detect_kind(path: Path) -> str:
         return "rafdb"
     if (path / "label.csv").is_file() or any((path / d / "label.csv").is_file() for d in _FERPLUS_SPLIT.values()):
         return "ferplus"
+    if any((path / d / "annotations").is_dir() for d in _AFFECTNET_NPY.values()):
+        return "affectnet"
     if path.suffix == ".csv" or any((path / d / f).is_file() for d in (".", "Manually_Annotated_file_lists")
                                     for f in _AFFECTNET_CSV.values()):
         return "affectnet"
