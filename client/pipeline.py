@@ -162,6 +162,7 @@ class _InOrder:
     def __init__(self, cameras: list[str], emit: Callable[[FrameOutcome], None]):
         self._waiting = {c: {} for c in cameras}
         self._next = {c: 0 for c in cameras}
+        self._closing: dict[str, tuple[int, Callable[[], None]]] = {}
         self._emit = emit
         self._lock = threading.Lock()
 
@@ -172,6 +173,18 @@ class _InOrder:
             while self._next[outcome.camera] in waiting:
                 self._emit(waiting.pop(self._next[outcome.camera]))
                 self._next[outcome.camera] += 1
+            frames, on_closed = self._closing.get(outcome.camera, (None, None))
+            if frames is not None and self._next[outcome.camera] >= frames:
+                del self._closing[outcome.camera]
+                on_closed()
+
+    def close(self, camera: str, frames: int, on_closed: Callable[[], None]) -> None:
+        """Call ``on_closed`` once all ``frames`` of ``camera`` have been released (now, or later)."""
+        with self._lock:
+            if self._next[camera] >= frames:
+                on_closed()
+            else:
+                self._closing[camera] = (frames, on_closed)
 
     def waiting(self) -> int:
         with self._lock:
@@ -285,9 +298,10 @@ class StreamPipeline:
             if source is not None:
                 source.close()
         self.stats.set_status(camera, status)
-        if self.writer is not None:
+        if self.writer is not None:  # written after the camera's last frame, so it really is the end
             event = "source_error" if status.startswith("failed") else "ended"
-            self.writer.event(camera, event, status)
+            self._in_order.close(camera, self.stats.cameras[camera].frames_read,
+                                 lambda: self.writer.event(camera, event, status))
 
     def _accept(self, event: Frame | BadFrame, drop: str | None) -> None:
         camera = event.camera
@@ -468,6 +482,11 @@ class StreamPipeline:
         """Give up now: everything queued or in flight is reported as unfinished."""
         self._stopping.set()
         self._aborted.set()
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Resolve as unfinished whatever is still queued or in flight (after abort, and once more
+        after the threads are gone, for anything a thread was holding while abort() ran)."""
         for _, job in self._frames.close():
             self._finish_frame(job, "unfinished", "stopped before processing")
         while True:
@@ -482,16 +501,6 @@ class StreamPipeline:
             for face in batch.faces:
                 self._resolve_face(face, unfinished=True)
             self._release(batch)
-
-    def _sweep(self) -> None:
-        """After the threads are gone: anything a late reader or worker left behind is unfinished."""
-        for _, job in self._frames.close():
-            self._finish_frame(job, "unfinished", "stopped before processing")
-        while True:
-            try:
-                self._resolve_face(self._faces.get_nowait(), unfinished=True)
-            except queue.Empty:
-                break
 
     def _watch_stalls(self) -> None:
         now = time.monotonic()

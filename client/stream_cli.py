@@ -64,8 +64,11 @@ def stream(sources, urls, model, output, detector, min_face, margin, batch_size,
         try:
             pipeline = StreamPipeline(specs, list(urls), model, config=config, out=out,
                                       progress=sys.stderr if show_progress else None)
-            signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
-            summary = pipeline.run()
+            previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
+            try:
+                summary = pipeline.run()
+            finally:
+                signal.signal(signal.SIGTERM, previous)
         finally:
             if out is not sys.stdout:
                 out.close()
