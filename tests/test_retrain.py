@@ -292,3 +292,32 @@ def test_zero_shot_head_from_tiny_clip_text_tower_with_random_weights():
     np.testing.assert_allclose(np.linalg.norm(head.weight, axis=1), 25.0, rtol=1e-5)
     assert len({tuple(r) for r in np.round(head.weight, 4)}) == 7  # one distinct direction per class
     assert "a photo of a happy face." in class_prompts()["Happy"]
+
+
+def test_a_head_triton_cannot_load_or_that_fails_verification_is_taken_out_again(repository_copy, server_factory):
+    from fer_triton.retrain.publish import HeadVersions, PublishError, publish_head
+
+    server = server_factory(repository_copy)
+    url = server.grpc_url
+    probe, _ = draw_site(1, seed=4)
+    before = _served(url, probe).probabilities
+    heads = HeadVersions(repository_copy)
+    head = LinearHead(np.random.default_rng(0).normal(0, 0.1, (7, 512)), np.zeros(7))
+    broken_onnx = {"model.onnx": lambda path: path.write_bytes(b"not an onnx graph")}  # real load failure
+    with FerClient(url) as client:
+        with pytest.raises(PublishError, match="Triton could not load cafe_head") as err:
+            publish_head(client, heads, head, info={}, extra_files=broken_onnx)
+        assert "version 1 is served again" in str(err.value)
+
+        def refuse():
+            raise PublishError("outputs differ")
+
+        with pytest.raises(PublishError, match="outputs differ"):
+            publish_head(client, heads, head, info={}, verify=refuse)
+    assert heads.on_disk() == [1]
+    archived = sorted(p.name.split("-")[:2] for p in heads.archive_dir.iterdir())
+    assert archived == [["2", "failed"], ["3", "failed"]]  # kept for inspection; numbers never reused
+    np.testing.assert_array_equal(_served(url, probe).probabilities, before)
+
+    only_one = CliRunner().invoke(cli, ["rollback", "-u", url, "-r", str(repository_copy)])
+    assert only_one.exit_code == 1 and "no previous version to roll back to" in only_one.output
