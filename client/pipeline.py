@@ -299,7 +299,8 @@ class StreamPipeline:
                 source.close()
         self.stats.set_status(camera, status)
         if self.writer is not None:  # written after the camera's last frame, so it really is the end
-            event = "source_error" if status.startswith("failed") else "ended"
+            event = "source_error" if status.startswith("failed") else "stalled" if status.startswith(
+                "stalled") else "ended"
             self._in_order.close(camera, self.stats.cameras[camera].frames_read,
                                  lambda: self.writer.event(camera, event, status))
 

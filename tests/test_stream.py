@@ -3,6 +3,8 @@ recovery from a killed server, failing cameras, live-camera dropping, detection,
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import json
 import os
@@ -209,6 +211,43 @@ def test_live_camera_drops_are_counted_and_order_is_kept(triton_server, policy):
     assert total.frames_dropped + total.results + total.frames_bad == 300 and total.balanced
     frames = [json.loads(x)["frame"] for x in out.getvalue().splitlines() if '"frame"' in x]
     assert frames == sorted(frames) and len(frames) == total.results + 1  # dropped frames are only counted
+
+
+class PausingCamera(FrameSource):
+    """Two frames, a pause longer than the stall timeout, two more frames."""
+
+    def __init__(self):
+        super().__init__(SourceSpec("pausing", "test://pause"))
+        self.live = True
+        self.images = draw_faces(4, FRAME, seed=4)[0]
+
+    def frames(self):
+        for index in range(4):
+            if index == 2:
+                time.sleep(1.2)
+            yield Frame(self.camera, index, time.time(), self.images[index])
+
+
+def test_stalled_streams_are_reported(triton_server, tmp_path):
+    # A real HTTP stream (OpenCV + FFmpeg over http://) that goes away after one file: the client
+    # reconnects until the stall timeout, then reports the camera stalled; a pausing camera is
+    # reported stalled while it pauses and finishes normally.
+    video = write_video(tmp_path / "web.avi", draw_faces(6, FRAME, seed=5)[0])
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    web = http.server.HTTPServer(("127.0.0.1", free_port()), handler)
+    threading.Thread(target=web.handle_request, daemon=True).start()  # serves one request, then is gone
+    try:
+        sources = [parse_source(f"web=http://127.0.0.1:{web.server_port}/{video.name}"), PausingCamera()]
+        summary, lines = run(sources, triton_server.grpc_url, detector="crops", stall_timeout_s=0.8,
+                             live_drop="block")  # the "live" file arrives faster than real time
+    finally:
+        web.server_close()
+    cams = summary.stats.cameras
+    assert cams["web"].results == 6 and cams["web"].status.startswith("stalled: no frame for")
+    assert cams["pausing"].results == 4 and cams["pausing"].status == "ended"
+    events = [(x["camera"], x["event"]) for x in lines if "frame" not in x]
+    assert ("pausing", "stalled") in events and ("pausing", "ended") in events and ("web", "stalled") in events
+    assert summary.accounting.balanced
 
 
 def test_round_robin_and_failover_across_servers(triton_server, server_factory, tiny_repository, tmp_path):
