@@ -95,6 +95,11 @@ def train(data_spec, val_spec, output, epochs, batch_size, lr, weight_decay, lr_
     except _library_errors() as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"train: {train_set.describe()}")
+    counts = train_set.class_counts()
+    click.echo("       " + ", ".join(f"{name} {n}" for name, n in counts.items()))
+    if missing := [name for name, n in counts.items() if n == 0]:
+        click.secho(f"WARNING: no training image of {', '.join(missing)}: the model cannot learn "
+                    f"{'that class' if len(missing) == 1 else 'those classes'}.", fg="yellow", err=True)
     click.echo(f"val:   {val_set.describe() if val_set else 'none (best.pt is not written)'}")
     click.echo(f"CLIP {clip_model} ({clip_weights}); features {config.clip_features_path}; "
                f"device {config.torch_device()}")

@@ -321,7 +321,8 @@ def read_folder(root: str | Path, name: str | None = None, class_map: str = "nam
             1 for d in left_out for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not samples:
         raise DatasetFormatError(f"the class folders of {root} hold no images")
-    return FaceDataset(name or root.name, "folder", root, root.name, samples, dict(skipped))
+    label = root.resolve().name  # "." or ".." name nothing
+    return FaceDataset(name or label, "folder", root, label, samples, dict(skipped))
 
 
 def _folder_labels(root: Path, folders: list[Path], class_map: str) -> dict[str, int]:
@@ -392,7 +393,7 @@ def detect_kind(path: Path) -> str:
 
 
 def _default_name(kind: str, path: Path) -> str:
-    return {"rafdb": "RAF-DB", "affectnet": "AffectNet", "ferplus": "FERPlus"}.get(kind, path.name)
+    return {"rafdb": "RAF-DB", "affectnet": "AffectNet", "ferplus": "FERPlus"}.get(kind, path.resolve().name)
 
 
 def open_dataset(spec: DataSpec, split: str, class_map: str = "names",
