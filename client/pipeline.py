@@ -47,7 +47,7 @@ class StreamConfig:
     max_in_flight: int = 4          # requests on the wire at once: lets Triton's dynamic batcher work
     queue_frames: int = 4           # frames buffered per camera
     live_drop: str = "oldest"       # live cameras, when their queue is full: drop "oldest", "newest", or "block"
-    detector: str = "crops"         # "crops", "haar", "mtcnn" (see faces.py)
+    detector: str = "haar"          # "haar", "mtcnn", or "crops" when sources send face crops (faces.py)
     min_face: int = 40              # smallest face the detector reports, in pixels
     margin: float = 0.1             # widen detected boxes by this fraction of their side on each side
     detect_workers: int = 2

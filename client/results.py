@@ -209,9 +209,10 @@ def _ms(v: float | None) -> str:
 class ProgressDisplay:
     """A one-line live status (rewritten in place on a terminal), at most once per ``interval_s``."""
 
-    def __init__(self, stats: StreamStats, out: IO[str] | None = None, interval_s: float = 1.0):
-        self.stats, self.out, self.interval_s = stats, out or sys.stderr, interval_s
+    def __init__(self, stats: StreamStats, out: IO[str] | None = None, interval_s: float | None = None):
+        self.stats, self.out = stats, out or sys.stderr
         self.tty = getattr(self.out, "isatty", lambda: False)()
+        self.interval_s = interval_s or (1.0 if self.tty else 10.0)  # a log file gets a line per 10 s
         self._last_t, self._last_results = time.monotonic(), 0
 
     def tick(self, in_flight: int, force: bool = False) -> None:

@@ -25,7 +25,7 @@ from fer_triton.images import IMAGE_SUFFIXES, ImageReadError, list_images
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".mjpeg"}
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-_ID = re.compile(r"^[A-Za-z0-9_.:@/-]+$")
+_ID = re.compile(r"^[A-Za-z0-9_.@-]+$")  # no "/" or ":": "/data/a=b.mp4" stays a path
 
 
 class SourceOpenError(RuntimeError):
