@@ -148,7 +148,7 @@ def evaluate(checkpoints, data_specs, output, url, model, row_names, batch_size,
     from fer_triton.checkpoint import CAFECheckpoint
     from fer_triton.client.grpc_client import FerClient, FerInputError, FerServerError
     from fer_triton.train.evaluate import predict_pytorch, predict_served, result_of, write_report
-    from fer_triton.train.feature_cache import cached_clip_features
+    from fer_triton.train.feature_cache import cached_clip_features, encoder_fingerprint
     from fer_triton.train.trainer import TrainConfig
 
     if not checkpoints and not url:
@@ -157,6 +157,7 @@ def evaluate(checkpoints, data_specs, output, url, model, row_names, batch_size,
         raise click.UsageError(f"{len(row_names)} --row-name given for {len(checkpoints) + bool(url)} table rows")
     progress = not no_progress
     table, notes = {}, []
+    features = {}  # (CLIP fingerprint, test set) -> cache: checkpoints sharing a CLIP (best, final) share it
     names = list(row_names)
     try:
         torch_device = TrainConfig(device=device).torch_device()
@@ -174,9 +175,12 @@ def evaluate(checkpoints, data_specs, output, url, model, row_names, batch_size,
                              "its numbers say nothing about real accuracy.")
             net = ckpt.build_model().to(torch_device)
             table[row] = {}
+            clip_key = encoder_fingerprint(net.clip)
             for ts in test_sets:
-                cache = cached_clip_features(net.clip, ts, cache_dir, batch_size=batch_size, workers=workers,
-                                             progress=progress)
+                if (clip_key, ts.name) not in features:
+                    features[clip_key, ts.name] = cached_clip_features(net.clip, ts, cache_dir, batch_size=batch_size,
+                                                                       workers=workers, progress=progress)
+                cache = features[clip_key, ts.name]
                 probs = predict_pytorch(net, ts, clip_cache=cache, batch_size=batch_size, workers=workers,
                                         progress=progress)
                 table[row][ts.name] = result_of(ts, probs)
