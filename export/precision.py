@@ -147,6 +147,21 @@ def repository_paths(repository: str | Path, layout: RepositoryLayout = Reposito
     return {stage: latest_onnx(Path(repository) / name) for stage, name in layout.stages.items()}
 
 
+def exported_precision(repository: str | Path, layout: RepositoryLayout = RepositoryLayout()) -> str:
+    """The precision `fer-triton export` recorded in the ensemble's config ("fp32" when not recorded)."""
+    import json
+
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    path = Path(repository) / layout.ensemble / "config.pbtxt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: is {repository} an exported fer-triton repository?")
+    cfg = text_format.Parse(path.read_text(), mc.ModelConfig())
+    metadata = cfg.parameters["fer_triton"].string_value if "fer_triton" in cfg.parameters else "{}"
+    return json.loads(metadata or "{}").get("precision", "fp32")
+
+
 def check_served(url: str, repository: str | Path, faces: np.ndarray, *, model: str = "cafe",
                  layout: RepositoryLayout | None = None, threads: int = 0,
                  min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT,
@@ -154,7 +169,13 @@ def check_served(url: str, repository: str | Path, faces: np.ndarray, *, model: 
     """The served ensemble (whatever engine runs it) vs the repository's FP32 ONNX on the same faces."""
     from fer_triton.client.grpc_client import FerClient
 
-    reference = run_chain(repository_paths(repository, layout or RepositoryLayout(model)), faces, threads=threads)
+    layout = layout or RepositoryLayout(model)
+    recorded = exported_precision(repository, layout)
+    if recorded != "fp32":
+        # Its model.onnx files are themselves reduced precision: comparing with them proves nothing.
+        raise ValueError(f"{repository} was exported in {recorded}: the reference must be an FP32 export "
+                         f"of the same checkpoint")
+    reference = run_chain(repository_paths(repository, layout), faces, threads=threads)
     with FerClient(url, model) as client:
         served = client.infer_all(faces).probabilities
     return compare(reference, served, f"served model '{model}' at {url}",

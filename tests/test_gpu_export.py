@@ -7,6 +7,7 @@ own protobuf schema and read (not run) by the real tritonserver.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -154,7 +155,7 @@ def test_fp16_check_runs_the_fp16_graphs_on_cpu(tiny_repository, tmp_path):
     assert {i.data_type for i in converted.graph.initializer if i.data_type in (1, 10)} == {onnx.TensorProto.FLOAT16}
     assert converted.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O stay FP32
 
-    strict = precision.check_fp16_onnx(paths, faces, tmp_path, max_prob_diff=0.0)
+    strict = dataclasses.replace(report, max_prob_diff_allowed=0.0)  # the same numbers, a zero tolerance
     assert not strict.passed
     with pytest.raises(precision.PrecisionCheckError, match="FAIL"):
         strict.raise_if_failed()
@@ -189,6 +190,14 @@ def test_check_served_compares_the_server_with_fp32_onnx(triton_server, tiny_rep
     differs = precision.check_served(triton_server.grpc_url, other, faces)
     assert not differs.passed and differs.top1_agreement < 0.5
 
+    # A reduced-precision export cannot be the FP32 reference.
+    ensemble = other / "cafe" / "config.pbtxt"
+    cfg = text_format.Parse(ensemble.read_text(), mc.ModelConfig())
+    cfg.parameters["fer_triton"].string_value = '{"precision": "int8"}'
+    ensemble.write_text(text_format.MessageToString(cfg))
+    with pytest.raises(ValueError, match="exported in int8: the reference must be an FP32 export"):
+        precision.check_served(triton_server.grpc_url, other, faces)
+
 
 def test_check_precision_command(triton_server, tiny_repository):
     result = CliRunner().invoke(cli, ["check-precision", "-u", triton_server.grpc_url, "-r", str(tiny_repository),
@@ -196,7 +205,7 @@ def test_check_precision_command(triton_server, tiny_repository):
     assert result.exit_code == 0, result.output
     assert "top-1 agreement 100.00%" in result.output and "PASS" in result.output
     missing = CliRunner().invoke(cli, ["check-precision", "-u", triton_server.grpc_url, "-r", "/nonexistent"])
-    assert missing.exit_code == 1 and "no <version>/model.onnx under /nonexistent" in missing.output
+    assert missing.exit_code == 1 and "/nonexistent/cafe/config.pbtxt is missing" in missing.output
 
 
 # -- TensorRT -------------------------------------------------------------------------------------
