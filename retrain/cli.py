@@ -20,11 +20,12 @@ _verbose = click.option("-v", "--verbose", is_flag=True, help="Log each step.")
 
 def _errors():
     from fer_triton.client import FerServerError
+    from fer_triton.clip_loader import CLIPWeightsUnavailable
     from fer_triton.retrain.drift import DriftError
     from fer_triton.retrain.publish import PublishError
     from fer_triton.retrain.site_data import SiteDataError
 
-    return (SiteDataError, PublishError, DriftError, FerServerError, ValueError, OSError)
+    return (SiteDataError, PublishError, DriftError, FerServerError, CLIPWeightsUnavailable, ValueError, OSError)
 
 
 def _log(verbose: bool) -> None:

@@ -135,6 +135,13 @@ def test_worse_head_is_refused_unless_forced(site, repository_copy, server_facto
     assert "published as cafe_head version 3 (forced: it is worse)" in forced.output
     assert np.abs(_served(url, probe).probabilities - serving).max() > 1e-3
 
+    # A zero-shot start (the served tiny CLIP's text tower, random weights) with --no-publish changes nothing.
+    dry = runner.invoke(cli, base + ["--init", "zero-shot", "--no-publish", "--report", str(tmp_path / "dry")])
+    assert dry.exit_code == 0, dry.output
+    assert "not published (--no-publish)" in dry.output
+    assert sorted(p.name for p in (repository_copy / "cafe_head").iterdir() if p.is_dir()) == ["1", "2", "3"]
+    assert "starting head: zero-shot" in (tmp_path / "dry" / "report.md").read_text()
+
 
 # -- errors before anything changes: through the CLI against the shared server ------------------------
 
