@@ -8,6 +8,9 @@ import http.server
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -283,6 +286,44 @@ def test_abort_reports_in_flight_faces_as_unfinished(server_factory, tiny_reposi
     total = summary.accounting
     assert total.faces_unfinished > 0 and total.results > 0 and total.balanced
     assert all(s.status == "stopped" for s in summary.stats.cameras.values())
+
+
+def test_stop_finishes_what_was_read(triton_server, tmp_path):
+    videos = make_cameras(tmp_path, 2, 30)
+    first_result = threading.Event()
+    pipeline = StreamPipeline(parse_sources([str(v) for v in videos]), triton_server.grpc_url,
+                              on_frame=lambda outcome: first_result.set(),
+                              config=StreamConfig(detector="crops", fps=10, live_drop="block"))
+
+    def stop_soon():
+        first_result.wait(60)
+        pipeline.stop()        # what the first Ctrl-C does
+
+    threading.Thread(target=stop_soon).start()
+    total = pipeline.run().accounting
+    assert 0 < total.frames_read < 60 and total.results == total.faces == total.frames_read
+    assert total.faces_unfinished == total.frames_unfinished == 0 and total.balanced
+    assert all(s.status == "stopped" for s in pipeline.stats.cameras.values())
+
+
+def test_ctrl_c_on_the_command(triton_server, tmp_path):
+    video = write_video(tmp_path / "hall.avi", draw_faces(60, FRAME, seed=8)[0])
+    out = tmp_path / "out.jsonl"
+    fer_triton = Path(sys.executable).with_name("fer-triton")
+    proc = subprocess.Popen([str(fer_triton), "stream", str(video), "-u", triton_server.grpc_url, "-d", "crops",
+                             "--fps", "10", "--drop", "block", "-o", str(out), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size == 0):
+        time.sleep(0.2)  # wait for the first result
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "stopped early (Ctrl-C)" in err and "every face accounted for: yes" in err
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    frames = [x["frame"] for x in face_lines(lines)]
+    assert frames == list(range(len(frames))) and 0 < len(frames) < 60
+    assert lines[-1] == {**lines[-1], "camera": "hall", "event": "ended", "message": "stopped"}
 
 
 def test_haar_detector_finds_a_drawn_face_in_a_larger_frame(triton_server, tiny_checkpoint, tmp_path):
