@@ -18,6 +18,7 @@ model.onnx) then serves at once, with no engine to build.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +36,25 @@ PRECISIONS = ("fp32", "fp16")
 # Stages worth a TensorRT engine: they hold nearly all of the model's FLOPs.
 TRT_STAGES = ("clip_encoder", "mask_net")
 PLAN_FILENAME = "model.plan"
+# A named set (e.g. "t4") sizes the variants for one GPU type: configs/gpu_t4.pbtxt, model_t4.plan.
+SET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+def check_set_name(name: str) -> str:
+    if name and not SET_NAME.match(name):
+        raise ValueError(f"GPU config set name must be lower-case letters, digits, '_' or '-' "
+                         f"(at most 32, no spaces), not {name!r}")
+    return name
+
+
+def config_name(variant: str, name: str = "") -> str:
+    """What --model-config-name selects: the variant, or variant_<name> for a named set."""
+    return f"{variant}_{check_set_name(name)}" if name else variant
+
+
+def plan_filename(name: str = "") -> str:
+    """model.plan, or model_<name>.plan: plans for several GPU types can sit in one version folder."""
+    return f"model_{check_set_name(name)}.plan" if name else PLAN_FILENAME
 
 
 @dataclass(frozen=True)
@@ -122,21 +142,22 @@ def _base_config(stage: str, model_name: str, wire_size: int, num_classes: int, 
 
 
 def onnxruntime_config(stage: str, model_name: str, wire_size: int, num_classes: int, opts: GPUOptions,
-                       *, trt_accelerator: bool = False) -> mc.ModelConfig:
+                       *, trt_accelerator: bool = False, name: str = "") -> mc.ModelConfig:
     """Native onnxruntime backend on the GPU, optionally with the TensorRT execution accelerator."""
     cfg = _base_config(stage, model_name, wire_size, num_classes, opts, opts.max_batch_size)
     cfg.platform = "onnxruntime_onnx"
     cfg.default_model_filename = "model.onnx"
     if trt_accelerator and stage in TRT_STAGES:
         inputs, _ = _signatures(wire_size, num_classes)[stage]
+        # One folder per model (and set): engines of different graphs or profiles never collide.
+        cache = f"{opts.trt_cache_path}/{model_name}" + (f"_{name}" if name else "")
         params = {
             "precision_mode": opts.precision.upper(),
             "max_workspace_size_bytes": str(opts.trt_workspace_bytes),
             "trt_engine_cache_enable": "true",
-            # One folder per model: engines of different graphs never collide.
-            "trt_engine_cache_path": f"{opts.trt_cache_path}/{model_name}",
+            "trt_engine_cache_path": cache,
             "trt_timing_cache_enable": "true",
-            "trt_timing_cache_path": f"{opts.trt_cache_path}/{model_name}",
+            "trt_timing_cache_path": cache,
             # One explicit profile, so a new batch size never triggers an engine rebuild mid-traffic.
             "trt_profile_min_shapes": ",".join(_shape(n, 1, d) for n, _, d in inputs),
             "trt_profile_opt_shapes": ",".join(_shape(n, opts.opt_batch_size, d) for n, _, d in inputs),
@@ -148,49 +169,53 @@ def onnxruntime_config(stage: str, model_name: str, wire_size: int, num_classes:
 
 
 def tensorrt_plan_config(stage: str, model_name: str, wire_size: int, num_classes: int,
-                         opts: GPUOptions) -> mc.ModelConfig:
-    """Native TensorRT backend on a model.plan whose profile's max batch is ``opts.max_batch_size``."""
+                         opts: GPUOptions, name: str = "") -> mc.ModelConfig:
+    """Native TensorRT backend on a plan whose profile's max batch is ``opts.max_batch_size``."""
     if stage not in TRT_STAGES:
         raise ValueError(f"only {TRT_STAGES} are built as TensorRT plans, not {stage!r}")
     cfg = _base_config(stage, model_name, wire_size, num_classes, opts, opts.max_batch_size)
     cfg.platform = "tensorrt_plan"
-    cfg.default_model_filename = PLAN_FILENAME
+    cfg.default_model_filename = plan_filename(name)
     return cfg
 
 
 def variant_config(variant: str, stage: str, model_name: str, wire_size: int, num_classes: int,
-                   opts: GPUOptions) -> mc.ModelConfig:
+                   opts: GPUOptions, name: str = "") -> mc.ModelConfig:
     if variant not in VARIANTS:
         raise ValueError(f"GPU variant must be one of {VARIANTS}, not {variant!r}")
     if variant == "tensorrt" and stage in TRT_STAGES:
-        return tensorrt_plan_config(stage, model_name, wire_size, num_classes, opts)
+        return tensorrt_plan_config(stage, model_name, wire_size, num_classes, opts, name)
     return onnxruntime_config(stage, model_name, wire_size, num_classes, opts,
-                              trt_accelerator=(variant == "gpu_trt"))
+                              trt_accelerator=(variant == "gpu_trt"), name=name)
 
 
 def write_gpu_configs(repository: str | Path, *, layout: RepositoryLayout = RepositoryLayout(),
                       wire_size: int, num_classes: int, ensemble_max_batch_size: int,
-                      opts: GPUOptions = GPUOptions(), gpu_only: bool = False) -> list[Path]:
-    """Write ``configs/<variant>.pbtxt`` for every composing model of an exported repository.
+                      opts: GPUOptions = GPUOptions(), gpu_only: bool = False, name: str = "") -> list[Path]:
+    """Write ``configs/<variant>.pbtxt`` (``<variant>_<name>.pbtxt`` for a named set) for every
+    composing model of an exported repository.
 
     With ``gpu_only`` the GPU default variant also becomes config.pbtxt and the python-backend
     runners are removed, so NVIDIA's container serves the repository with no extra flag.
     Returns the files written.
     """
     opts.validate(ensemble_max_batch_size)
+    check_set_name(name)
     repository = Path(repository)
     written = []
     for stage, model_name in layout.stages.items():
         model_dir = repository / model_name
         if not model_dir.is_dir():
-            raise FileNotFoundError(f"{model_dir} is missing: export the CPU repository first")
+            raise FileNotFoundError(f"{model_dir} is missing: GPU configs need an exported repository with "
+                                    f"the staged layout (not --layout fused)")
         (model_dir / "configs").mkdir(exist_ok=True)
         for variant in VARIANTS:
-            path = model_dir / "configs" / f"{variant}.pbtxt"
-            path.write_text(config_text(variant_config(variant, stage, model_name, wire_size, num_classes, opts)))
+            path = model_dir / "configs" / f"{config_name(variant, name)}.pbtxt"
+            cfg = variant_config(variant, stage, model_name, wire_size, num_classes, opts, name)
+            path.write_text(config_text(cfg))
             written.append(path)
         if gpu_only:
-            default = variant_config(opts.default_variant, stage, model_name, wire_size, num_classes, opts)
+            default = variant_config(opts.default_variant, stage, model_name, wire_size, num_classes, opts, name)
             (model_dir / "config.pbtxt").write_text(config_text(default))
             written.append(model_dir / "config.pbtxt")
             for runner in model_dir.glob("[0-9]*/model.py"):
@@ -213,3 +238,21 @@ def check_export_precision(stage_paths: dict[str, Path], wire_size: int, opts: G
     report = check_fp16_onnx(stage_paths, faces, work_dir, min_top1_agreement=opts.min_top1_agreement,
                              max_prob_diff=opts.max_prob_diff)
     return report.raise_if_failed()
+
+
+def add_gpu_configs(repository: str | Path, *, layout: RepositoryLayout = RepositoryLayout(),
+                    opts: GPUOptions = GPUOptions(), name: str = "") -> list[Path]:
+    """GPU configs for an already exported repository (e.g. a CPU-only export, or a set per GPU type).
+
+    Wire size, classes and the ensemble's max batch size are read from the ensemble's config.
+    """
+    from google.protobuf import text_format
+
+    path = Path(repository) / layout.ensemble / "config.pbtxt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: is {repository} an exported fer-triton repository?")
+    ensemble = text_format.Parse(path.read_text(), mc.ModelConfig())
+    (faces,) = [i for i in ensemble.input if i.name == "faces"]
+    (probabilities,) = [o for o in ensemble.output if o.name == "probabilities"]
+    return write_gpu_configs(repository, layout=layout, wire_size=faces.dims[0], num_classes=probabilities.dims[0],
+                             ensemble_max_batch_size=ensemble.max_batch_size, opts=opts, name=name)

@@ -1,4 +1,4 @@
-"""GPU commands: export's GPU options, `fer-triton build-trt` and `fer-triton check-precision`."""
+"""GPU commands: export's GPU options, `fer-triton gpu-configs`, `build-trt` and `check-precision`."""
 
 from __future__ import annotations
 
@@ -10,42 +10,53 @@ import click
 from fer_triton.export.gpu import VARIANTS, GPUOptions
 
 
+def _apply(options, command):
+    return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
+
+
+# How the GPU configs batch, scale and cache engines: `export` and `gpu-configs` share them.
+CONFIG_OPTIONS = [
+    click.option("--gpu-precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+                 help="TensorRT precision of the gpu_trt variant (FP16 is checked against FP32 at export)."),
+    click.option("--gpu-max-batch-size", type=int, default=256, show_default=True,
+                 help="Largest batch the GPU models' dynamic batcher forms (TensorRT profile max)."),
+    click.option("--gpu-opt-batch-size", type=int, default=32, show_default=True,
+                 help="Batch size TensorRT tunes for (profile opt); preferred batches are its doublings."),
+    click.option("--gpu-instances", type=int, default=1, show_default=True, help="Model instances per GPU."),
+    click.option("--gpu-queue-delay-us", type=int, default=1000, show_default=True,
+                 help="Longest time the GPU batcher holds a request to form a bigger batch."),
+    click.option("--trt-cache-path", default=GPUOptions.trt_cache_path, show_default=True,
+                 help="Writable folder in the serving container for TensorRT engine and timing caches."),
+]
+
+
 def gpu_export_options(command):
     """The GPU options of `fer-triton export`; they reach the command as ``**gpu`` (see gpu_settings)."""
-    options = [
+    return _apply([
         click.option("--target", type=click.Choice(["cpu", "gpu", "both"]), default="cpu", show_default=True,
                      help="cpu: python-backend configs (any host). gpu: native onnxruntime/TensorRT configs only. "
                           "both: CPU config.pbtxt + GPU variants in configs/<name>.pbtxt "
                           "(select with tritonserver --model-config-name)."),
-        click.option("--gpu-precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
-                     help="TensorRT precision of the gpu_trt and tensorrt variants (FP16 is checked against FP32)."),
-        click.option("--gpu-max-batch-size", type=int, default=256, show_default=True,
-                     help="Largest batch the GPU models' dynamic batcher forms (TensorRT profile max)."),
-        click.option("--gpu-opt-batch-size", type=int, default=32, show_default=True,
-                     help="Batch size TensorRT tunes for (profile opt); preferred batches are its doublings."),
-        click.option("--gpu-instances", type=int, default=1, show_default=True, help="Model instances per GPU."),
-        click.option("--gpu-queue-delay-us", type=int, default=1000, show_default=True,
-                     help="Longest time the GPU batcher holds a request to form a bigger batch."),
+        *CONFIG_OPTIONS,
         click.option("--gpu-default-config", type=click.Choice(VARIANTS), default="gpu", show_default=True,
                      help="Which variant becomes config.pbtxt with --target gpu (gpu_trt = TensorRT accelerator)."),
-        click.option("--trt-cache-path", default=GPUOptions.trt_cache_path, show_default=True,
-                     help="Writable folder in the serving container for TensorRT engine and timing caches."),
         click.option("--fp16-min-top1", type=float, default=GPUOptions.min_top1_agreement, show_default=True,
                      help="Export fails if FP16 agrees with FP32 on fewer top-1 classes than this fraction."),
         click.option("--fp16-max-prob-diff", type=float, default=GPUOptions.max_prob_diff, show_default=True,
                      help="Export fails if any FP16 probability differs from FP32 by more than this."),
-    ]
-    return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
+    ], command)
 
 
 def gpu_settings(gpu: dict) -> tuple[str, GPUOptions]:
-    """(target, GPUOptions) from the values of gpu_export_options."""
-    return gpu["target"], GPUOptions(
+    """(target, GPUOptions) from the values of gpu_export_options (or CONFIG_OPTIONS alone)."""
+    defaults = GPUOptions()
+    return gpu.get("target", "gpu"), GPUOptions(
         precision=gpu["gpu_precision"], max_batch_size=gpu["gpu_max_batch_size"],
         opt_batch_size=gpu["gpu_opt_batch_size"], instances=gpu["gpu_instances"],
-        queue_delay_us=gpu["gpu_queue_delay_us"], default_variant=gpu["gpu_default_config"],
-        trt_cache_path=gpu["trt_cache_path"], min_top1_agreement=gpu["fp16_min_top1"],
-        max_prob_diff=gpu["fp16_max_prob_diff"])
+        queue_delay_us=gpu["gpu_queue_delay_us"], trt_cache_path=gpu["trt_cache_path"],
+        default_variant=gpu.get("gpu_default_config", defaults.default_variant),
+        min_top1_agreement=gpu.get("fp16_min_top1", defaults.min_top1_agreement),
+        max_prob_diff=gpu.get("fp16_max_prob_diff", defaults.max_prob_diff))
 
 
 def echo_gpu_result(result) -> None:
@@ -59,6 +70,27 @@ def echo_gpu_result(result) -> None:
                f"--model-config-name=<variant> (docs/gpu.md)")
 
 
+@click.command("gpu-configs")
+@click.option("-r", "--repository", type=click.Path(path_type=Path), default=Path("model_repository"),
+              show_default=True, help="An exported repository (a CPU-only export works too).")
+@click.option("--name", default="", help="Name of a set sized for one GPU type (e.g. t4): writes "
+              "configs/<variant>_<name>.pbtxt; without it, the default gpu, gpu_trt and tensorrt configs.")
+@click.option("--prefix", default="cafe", show_default=True, help="Model name prefix in the repository.")
+@functools.partial(_apply, CONFIG_OPTIONS)
+def gpu_configs(repository, name, prefix, **gpu):
+    """Add GPU configs to an exported repository, e.g. one set per GPU type, without re-exporting."""
+    from fer_triton.export.gpu import add_gpu_configs, config_name
+    from fer_triton.export.repository import RepositoryLayout
+
+    try:
+        written = add_gpu_configs(repository, layout=RepositoryLayout(prefix), opts=gpu_settings(gpu)[1], name=name)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    names = ", ".join(config_name(v, name) for v in VARIANTS)
+    click.echo(f"wrote {len(written)} configs ({names}) in {repository}/*/configs/: "
+               f"select one with tritonserver --model-config-name")
+
+
 @click.command("build-trt")
 @click.option("-r", "--repository", type=click.Path(path_type=Path), default=Path("model_repository"),
               show_default=True, help="Exported repository (with GPU configs) on the serving host.")
@@ -67,8 +99,10 @@ def echo_gpu_result(result) -> None:
 @click.option("--precision", "precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True)
 @click.option("--builder", type=click.Choice(["auto", "python", "trtexec"]), default="auto", show_default=True,
               help="TensorRT's Python API or trtexec (auto: the API when importable).")
+@click.option("--name", default="", help="Build for the GPU config set of this name (`gpu-configs --name`): "
+              "model_<name>.plan and configs/tensorrt_<name>.pbtxt.")
 @click.option("--prefix", default="cafe", show_default=True, help="Model name prefix in the repository.")
-def build_trt(repository, profile, precision, builder, prefix):
+def build_trt(repository, profile, precision, builder, name, prefix):
     """Build TensorRT plans for the CLIP encoder and mask net (run on the GPU host that serves them)."""
     from fer_triton.export.repository import RepositoryLayout
     from fer_triton.export.tensorrt import (Profile, TensorRTBuildError, TensorRTUnavailableError,
@@ -77,10 +111,11 @@ def build_trt(repository, profile, precision, builder, prefix):
     try:
         parsed = Profile.parse(profile)
         plans = build_plans(repository, layout=RepositoryLayout(prefix), profile=parsed, precision=precision,
-                            builder=builder, on_built=lambda p: click.echo(f"built {p}"))
+                            builder=builder, name=name, on_built=lambda p: click.echo(f"built {p}"))
     except (TensorRTUnavailableError, TensorRTBuildError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{len(plans)} plan(s) built ({precision}, batch {profile}); serve with --model-config-name=tensorrt, "
+    variant = "tensorrt" + (f"_{name}" if name else "")
+    click.echo(f"{len(plans)} plan(s) built ({precision}, batch {profile}); serve with --model-config-name={variant}, "
                f"then run `fer-triton check-precision` against the server")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from fer_triton.export.gpu import PLAN_FILENAME, PRECISIONS, TRT_STAGES
+from fer_triton.export.gpu import PRECISIONS, TRT_STAGES, config_name, plan_filename
 from fer_triton.export.precision import latest_onnx
 from fer_triton.export.repository import RepositoryLayout, _signatures, config_text
 
@@ -192,8 +192,9 @@ def _ensemble_max_batch(repository: Path, layout: RepositoryLayout) -> int:
 
 def build_plans(repository: str | Path, *, layout: RepositoryLayout = RepositoryLayout(),
                 profile: Profile = Profile(), precision: str = "fp16", builder: str = "auto",
-                on_built=None) -> list[Path]:
-    """Build model.plan beside the latest model.onnx of each TensorRT stage and fit configs/tensorrt.pbtxt.
+                name: str = "", on_built=None) -> list[Path]:
+    """Build a plan beside the latest model.onnx of each TensorRT stage and fit configs/tensorrt.pbtxt
+    (configs/tensorrt_<name>.pbtxt and model_<name>.plan for a named GPU config set) to the profile.
 
     Checks the repository, then that TensorRT and a GPU are present, before writing anything.
     """
@@ -203,24 +204,26 @@ def build_plans(repository: str | Path, *, layout: RepositoryLayout = Repository
     ensemble_max = _ensemble_max_batch(repository, layout)
     if profile.max < ensemble_max:
         raise ValueError(f"profile max batch {profile.max} is below the ensemble's max_batch_size {ensemble_max}")
-    missing = [repository / name / "configs" / "tensorrt.pbtxt" for name in layout.stages.values()
-               if not (repository / name / "configs" / "tensorrt.pbtxt").is_file()]
+    variant = config_name("tensorrt", name)
+    configs = {stage: repository / model / "configs" / f"{variant}.pbtxt" for stage, model in layout.stages.items()}
+    missing = [path for path in configs.values() if not path.is_file()]
     if missing:
-        raise FileNotFoundError(f"{missing[0]} is missing: export the GPU configs first "
-                                f"(`fer-triton export --target both` or `--target gpu`)")
+        how = (f"`fer-triton gpu-configs --name {name}`" if name
+               else "`fer-triton export --target both` (or `--target gpu`, or `fer-triton gpu-configs`)")
+        raise FileNotFoundError(f"{missing[0]} is missing: write the GPU configs first with {how}")
     sources = {stage: latest_onnx(repository / layout.stages[stage]) for stage in TRT_STAGES}
     found = find_builder(builder)
     signatures = _signatures(224, 7)  # the TensorRT stages' tensors do not depend on wire size or classes
     built = []
     for stage, onnx_path in sources.items():
-        inputs = [(name, dims) for name, _, dims in signatures[stage][0]]
-        plan_path = onnx_path.with_name(PLAN_FILENAME)
+        inputs = [(tensor, dims) for tensor, _, dims in signatures[stage][0]]
+        config = _plan_config(configs[stage], profile)
+        plan_path = onnx_path.with_name(config.default_model_filename or plan_filename(name))
         if found.kind == "python":
             _build_with_python_api(onnx_path, plan_path, inputs, profile, precision)
         else:
             _build_with_trtexec(found, onnx_path, plan_path, inputs, profile, precision)
-        config_path = repository / layout.stages[stage] / "configs" / "tensorrt.pbtxt"
-        config_path.write_text(config_text(_plan_config(config_path, profile)))
+        configs[stage].write_text(config_text(config))
         built.append(plan_path)
         if on_built:
             on_built(plan_path)

@@ -70,13 +70,14 @@ def _register_commands() -> None:
     from fer_triton.client.stream_cli import stream
     from fer_triton.demo import demo
     from fer_triton.export.cli import export
-    from fer_triton.export.gpu_cli import build_trt, check_precision
+    from fer_triton.export.gpu_cli import build_trt, check_precision, gpu_configs
     from fer_triton.train.cli import evaluate, explain, train
 
     for command in (export, infer, demo, stream, train, evaluate, explain):
         cli.add_command(command)
     cli.add_command(build_trt)
     cli.add_command(check_precision)
+    cli.add_command(gpu_configs)
     from fer_triton.retrain.cli import drift, retrain, rollback
 
     for command in (retrain, rollback, drift):

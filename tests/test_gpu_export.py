@@ -281,3 +281,42 @@ def test_full_size_vit_b32_exports_for_gpu_with_a_passing_fp16_check(tmp_path):
     print(report.summary())
     assert report.passed and report.faces == 32 and 0 < report.max_prob_diff < 1e-2
     assert len(result.gpu_configs) == 4 * len(gpu.VARIANTS)
+
+
+def test_gpu_configs_command_adds_a_set_sized_for_one_gpu_type(repository_copy, server_factory):
+    runner = CliRunner()
+    # A CPU-only export gets the default GPU configs, then a smaller set named "t4".
+    default = runner.invoke(cli, ["gpu-configs", "-r", str(repository_copy)])
+    assert default.exit_code == 0, default.output
+    small = runner.invoke(cli, ["gpu-configs", "-r", str(repository_copy), "--name", "t4",
+                                "--gpu-max-batch-size", "64", "--gpu-opt-batch-size", "16", "--gpu-instances", "2"])
+    assert small.exit_code == 0, small.output
+    assert "gpu_t4, gpu_trt_t4, tensorrt_t4" in small.output
+    for stage in STAGES:
+        assert _config(repository_copy, stage, "gpu").max_batch_size == 256
+        for variant in ("gpu_t4", "gpu_trt_t4", "tensorrt_t4"):
+            cfg = _config(repository_copy, stage, variant)
+            assert cfg.max_batch_size == 64 and list(cfg.dynamic_batching.preferred_batch_size) == [16, 32, 64]
+            assert [w.batch_size for w in cfg.model_warmup] == [1, 16]
+            assert [g.count for g in cfg.instance_group] == [2]
+    assert _config(repository_copy, "mask_net", "tensorrt_t4").default_model_filename == "model_t4.plan"
+    trt = _config(repository_copy, "clip_encoder", "gpu_trt_t4").optimization.execution_accelerators
+    assert trt.gpu_execution_accelerator[0].parameters["trt_engine_cache_path"].endswith("/cafe_clip_encoder_t4")
+    # The real server reads the named set too (and stops at the missing onnxruntime backend).
+    with pytest.raises(TritonServerError, match="backend 'onnxruntime'"):
+        server_factory(repository_copy, extra_args=["--model-config-name=gpu_t4"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--name", "T 4"], "lower-case letters, digits"),
+    (["--gpu-max-batch-size", "32", "--gpu-opt-batch-size", "8"], "below the ensemble's max batch size 64"),
+])
+def test_gpu_configs_command_refuses_bad_input(repository_copy, args, message):
+    result = CliRunner().invoke(cli, ["gpu-configs", "-r", str(repository_copy), *args])
+    assert result.exit_code == 1 and message in result.output
+    assert not list(repository_copy.glob("*/configs/*.pbtxt"))  # nothing half-written
+
+
+def test_build_trt_for_a_named_set_needs_that_set(repository_copy):
+    with pytest.raises(FileNotFoundError, match="gpu-configs --name a10"):
+        tensorrt.build_plans(repository_copy, name="a10")
