@@ -278,11 +278,15 @@ class StreamPipeline:
                 source.open()
             drop = self.config.live_drop if source.live else None
             frames = source.frames()
+            expected = 0
             while not self._stopping.is_set():
                 t0 = time.perf_counter()
                 event = next(frames, None)
                 if event is None:
                     break
+                if event.index != expected or event.camera != camera:  # results are released in index order
+                    raise ValueError(f"source sent frame {event.camera}#{event.index}, expected {camera}#{expected}")
+                expected += 1
                 # Video sources time their own reads, leaving out the fps pacing sleep.
                 self.stats.add_timing("read", getattr(source, "read_ms", (time.perf_counter() - t0) * 1000))
                 if self._stopping.is_set():  # read after stop: never accepted, so not counted

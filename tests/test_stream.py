@@ -216,6 +216,21 @@ def test_live_camera_drops_are_counted_and_order_is_kept(triton_server, policy):
     assert frames == sorted(frames) and len(frames) == total.results + 1  # dropped frames are only counted
 
 
+class SkippingCamera(FrameSource):
+    def frames(self):
+        image = draw_faces(1, FRAME)[0][0]
+        yield Frame(self.camera, 0, time.time(), image)
+        yield Frame(self.camera, 2, time.time(), image)  # a gap would hold back every later result
+
+
+def test_a_source_breaking_frame_order_fails_alone(triton_server):
+    summary, lines = run([SkippingCamera(SourceSpec("skip", "test://skip"))], triton_server.grpc_url,
+                         detector="crops")
+    status = summary.stats.cameras["skip"].status
+    assert status == "failed: ValueError: source sent frame skip#2, expected skip#1"
+    assert summary.accounting.results == 1 and lines[-1]["event"] == "source_error"
+
+
 class PausingCamera(FrameSource):
     """Two frames, a pause longer than the stall timeout, two more frames."""
 
