@@ -61,7 +61,7 @@ def plan_filename(name: str = "") -> str:
 class GPUOptions:
     """How the GPU configs batch, scale and build engines (the defaults suit one data-centre GPU)."""
 
-    precision: str = "fp16"                # TensorRT precision (gpu_trt and tensorrt variants)
+    precision: str = "fp16"                # gpu_trt accelerator precision (plans: build-trt --precision)
     max_batch_size: int = 256              # per composing model; the dynamic batcher fills it
     opt_batch_size: int = 32               # TensorRT optimisation profile: min 1, opt, max
     queue_delay_us: int = 1000             # how long the batcher may hold a request to grow a batch
