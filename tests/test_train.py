@@ -31,11 +31,8 @@ from fer_triton.train.trainer import TrainConfig, TrainingError, train
 TINY = ["--clip-model", TINY_CLIP_MODEL, "--clip-weights", "random", "--workers", "0", "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def drawn_folder(tmp_path_factory):
-    """28 drawn faces of 64x64 pixels (small crops, like RAF-DB's), one folder per class."""
-    root = tmp_path_factory.mktemp("drawn") / "faces"
-    faces, labels = draw_faces(28, 64, seed=5)
+def _draw_folder(root, n, seed):
+    faces, labels = draw_faces(n, 64, seed=seed)
     for i, (face, label) in enumerate(zip(faces, labels)):
         (root / CLASSES[label]).mkdir(parents=True, exist_ok=True)
         Image.fromarray(face).save(root / CLASSES[label] / f"{i:02d}.png")
@@ -43,10 +40,17 @@ def drawn_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def drawn_folder(tmp_path_factory):
+    """28 drawn faces of 64x64 pixels (small crops, like RAF-DB's), one folder per class."""
+    return _draw_folder(tmp_path_factory.mktemp("drawn") / "faces", 28, seed=5)
+
+
+@pytest.fixture(scope="module")
 def trained_run(drawn_folder, tmp_path_factory):
-    """`fer-triton train` for 2 epochs of 2 steps, validating on the same drawn set."""
+    """`fer-triton train` for 2 epochs of 2 steps, validating on 7 other drawn faces."""
     out = tmp_path_factory.mktemp("run") / "cafe"
-    result = CliRunner().invoke(cli, ["train", "-d", f"Drawn=folder:{drawn_folder}", "--val", str(drawn_folder),
+    val = _draw_folder(tmp_path_factory.mktemp("drawn_val") / "faces", 7, seed=6)
+    result = CliRunner().invoke(cli, ["train", "-d", f"Drawn=folder:{drawn_folder}", "--val", str(val),
                                       "-o", str(out), "--epochs", "2", "-b", "4", "--max-steps", "2", *TINY])
     assert result.exit_code == 0, result.output
     return out, result.output
@@ -69,6 +73,7 @@ def test_train_writes_checkpoints_with_the_recipe(trained_run):
             recipe["group_size"], recipe["drop_per_block"], recipe["augment"]) == (
         2e-4, 1e-4, 3407, 5.0, 1.5, 73, 10, "paper")
     assert final.meta["dataset"]["name"] == "Drawn" and final.meta["dataset"]["images"] == 28
+    assert final.meta["validation"]["images"] == 7
     best_epoch = max(history, key=lambda h: h["val_accuracy"])["epoch"]
     assert best.meta["epochs"] == best_epoch and best.meta["role"] == "best"
     # Training changed the mask network and the head, never CLIP (same seed -> same starting weights).
@@ -84,7 +89,7 @@ def test_train_writes_checkpoints_with_the_recipe(trained_run):
 
 def test_resume_continues_exactly_and_refuses_a_changed_recipe(drawn_folder, tmp_path):
     ds = read_folder(drawn_folder)
-    config = dict(batch_size=4, clip_model=TINY_CLIP_MODEL, clip_weights=None, workers=0, max_steps_per_epoch=2,
+    config = dict(batch_size=4, clip_model=TINY_CLIP_MODEL, clip_weights=None, workers=0, max_steps_per_epoch=1,
                   cache_clip_features=True)  # also covers the cached (clean + flipped) CLIP-feature path
     straight = train(TrainConfig(epochs=2, **config), ds, tmp_path / "straight", progress=False)
     train(TrainConfig(epochs=1, **config), ds, tmp_path / "split", progress=False)
