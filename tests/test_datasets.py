@@ -163,6 +163,8 @@ def test_folder_reader_explains_split_folders_and_unknown_classes(tmp_path):
         read_folder(ferplus)
     ds = read_folder(ferplus, ignore_classes=("contempt",))
     assert len(ds) == 2 and ds.skipped == {"in ignored class folders (Contempt)": 2}
+    with pytest.raises(DatasetFormatError, match="no class folder disgust to ignore"):
+        read_folder(ferplus, ignore_classes=("contempt", "disgust"))
 
 
 def test_label_maps_agree_with_class_names():

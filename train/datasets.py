@@ -301,7 +301,12 @@ def read_folder(root: str | Path, name: str | None = None, class_map: str = "nam
     if not root.is_dir():
         raise DatasetFormatError(f"{root} is not a folder")
     ignored = {c.lower() for c in ignore_classes}
-    folders = sorted(d for d in root.iterdir() if d.is_dir() and d.name.lower() not in ignored)
+    subfolders = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]  # no .git, .ipynb_*
+    unmatched = ignored - {d.name.lower() for d in subfolders}
+    if unmatched:
+        raise DatasetFormatError(f"{root} has no class folder {', '.join(sorted(unmatched))} to ignore "
+                                 f"(its folders: {', '.join(sorted(d.name for d in subfolders))})")
+    folders = sorted(d for d in subfolders if d.name.lower() not in ignored)
     if not folders:
         raise DatasetFormatError(f"{root} has no class sub-folders")
     mapping = _folder_labels(root, folders, class_map)
@@ -315,7 +320,7 @@ def read_folder(root: str | Path, name: str | None = None, class_map: str = "nam
     loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if loose:
         skipped["images outside class folders"] = len(loose)
-    left_out = [d for d in root.iterdir() if d.is_dir() and d.name.lower() in ignored]
+    left_out = [d for d in subfolders if d.name.lower() in ignored]
     if left_out:
         skipped[f"in ignored class folders ({', '.join(sorted(d.name for d in left_out))})"] = sum(
             1 for d in left_out for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
