@@ -147,7 +147,7 @@ def evaluate(checkpoints, data_specs, output, url, model, row_names, batch_size,
     """Accuracy per test set and the mean, per-class recall, confusion matrices (the paper's Table 1 layout)."""
     from fer_triton.checkpoint import CAFECheckpoint
     from fer_triton.client.grpc_client import FerClient, FerInputError, FerServerError
-    from fer_triton.train.evaluate import predict_pytorch, predict_served, result_of, write_report
+    from fer_triton.train.evaluate import predict_pytorch, predict_served, result_of, table1_markdown, write_report
     from fer_triton.train.feature_cache import cached_clip_features, encoder_fingerprint
     from fer_triton.train.trainer import TrainConfig
 
@@ -155,6 +155,8 @@ def evaluate(checkpoints, data_specs, output, url, model, row_names, batch_size,
         raise click.UsageError("give at least one --checkpoint, or -u to evaluate a served model")
     if len(row_names) > len(checkpoints) + bool(url):
         raise click.UsageError(f"{len(row_names)} --row-name given for {len(checkpoints) + bool(url)} table rows")
+    if len(set(row_names)) != len(row_names):
+        raise click.UsageError("each --row-name must be different: rows with one name would overwrite each other")
     progress = not no_progress
     table, notes = {}, []
     features = {}  # (CLIP fingerprint, test set) -> cache: checkpoints sharing a CLIP (best, final) share it
@@ -198,8 +200,6 @@ def evaluate(checkpoints, data_specs, output, url, model, row_names, batch_size,
     except (*_library_errors(), FerInputError, FerServerError) as exc:
         raise click.ClickException(str(exc)) from exc
     paths = write_report(table, output, note="\n".join(notes))
-    from fer_triton.train.evaluate import table1_markdown
-
     click.echo(table1_markdown(table))
     for note in notes:
         click.secho(f"NOTE: {note}", fg="yellow", err=True)
