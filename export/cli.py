@@ -23,8 +23,15 @@ from fer_triton.export.gpu_cli import echo_gpu_result, gpu_export_options, gpu_s
               help="onnxruntime intra-op threads per model (0 = one per core).")
 @click.option("--prefix", default="cafe", show_default=True, help="Model name prefix in the repository.")
 @click.option("--overwrite", is_flag=True, help="Replace models already in the repository.")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="CPU flavour: int8 quantizes the CLIP encoder and mask net (faster; checked against fp32).")
+@click.option("--min-agreement", type=float, default=0.99, show_default=True,
+              help="int8: least top-1 agreement with fp32 on drawn faces, else the export fails.")
+@click.option("--layout", type=click.Choice(["staged", "fused"]), default="staged", show_default=True,
+              help="CPU flavour: fused runs preprocess + CLIP + mask net as one model (one process).")
 @gpu_export_options
-def export(checkpoint, output, wire_size, atol, max_batch_size, threads, prefix, overwrite, **gpu):
+def export(checkpoint, output, wire_size, atol, max_batch_size, threads, prefix, overwrite, precision,
+           min_agreement, layout, **gpu):
     """Export a CAFE checkpoint to ONNX (validated against PyTorch) and a Triton repository."""
     from fer_triton.checkpoint import CheckpointError
     from fer_triton.export.exporter import export_checkpoint
@@ -41,11 +48,16 @@ def export(checkpoint, output, wire_size, atol, max_batch_size, threads, prefix,
         result = export_checkpoint(checkpoint, output, wire_size=int(wire_size), atol=atol,
                                    max_batch_size=max_batch_size, threads=threads,
                                    layout=RepositoryLayout(prefix), overwrite=overwrite, on_report=report,
-                                   target=gpu_settings(gpu)[0], gpu_options=gpu_settings(gpu)[1])
+                                   target=gpu_settings(gpu)[0], gpu_options=gpu_settings(gpu)[1],
+                                   precision=precision, min_agreement=min_agreement, fused=layout == "fused")
     except (CheckpointError, ExportValidationError, PrecisionCheckError, FileExistsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"  {'ensemble (uint8 -> probabilities)':<22} max |diff|: {result.ensemble_max_abs_diff:.2e}")
+    if result.cpu_precision is not None:
+        q = result.cpu_precision
+        click.echo(f"  int8 vs fp32 top-1 agreement: {q.agreement:.2%} on {q.check_faces} drawn faces "
+                   f"(min {q.min_agreement:.2%}), max |dp| {q.max_abs_diff:.2e}")
     click.echo(f"weights: {result.weights}")
     click.echo(f"wrote {result.repository}: ensemble '{result.layout.ensemble}' + "
-               f"{', '.join(result.layout.stages.values())}")
+               f"{', '.join(result.layout.served_models(result.fused))}")
     echo_gpu_result(result)

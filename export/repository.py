@@ -6,6 +6,9 @@
     <repo>/cafe_mask_net/        pixels -> mask_logits [B,512]
     <repo>/cafe_head/            clip_features, mask_logits -> masked_features, logits, probabilities
 
+Fused CPU layout (``fused=True``): ``<repo>/cafe_backbone/`` (faces -> clip_features, mask_logits, one
+merged graph) replaces the first three models; the ensemble and ``cafe_head`` are unchanged.
+
 Configs are built as Triton's own ``ModelConfig`` protobuf messages, so every file written
 is valid against Triton's schema by construction. Model and tensor names are the public API
 documented in model_repository/README.md.
@@ -45,6 +48,16 @@ class RepositoryLayout:
             "head": f"{self.prefix}_head",
         }
 
+    @property
+    def backbone(self) -> str:
+        """Fused CPU layout: one model running preprocess + CLIP encoder + mask net (export/fuse.py)."""
+        return f"{self.prefix}_backbone"
+
+    def served_models(self, fused: bool = False) -> list[str]:
+        """The composing models a repository of this layout holds (head last)."""
+        names = self.stages
+        return [self.backbone, names["head"]] if fused else list(names.values())
+
 
 # Tensor signatures of each stage: (name, dtype, dims without the batch axis).
 def _signatures(wire_size: int, num_classes: int) -> dict[str, tuple[list, list]]:
@@ -53,6 +66,10 @@ def _signatures(wire_size: int, num_classes: int) -> dict[str, tuple[list, list]
         "preprocess": ([("faces", mc.TYPE_UINT8, [wire_size, wire_size, 3])], [pixels]),
         "clip_encoder": ([pixels], [("clip_features", mc.TYPE_FP32, [512])]),
         "mask_net": ([pixels], [("mask_logits", mc.TYPE_FP32, [512])]),
+        "backbone": (
+            [("faces", mc.TYPE_UINT8, [wire_size, wire_size, 3])],
+            [("clip_features", mc.TYPE_FP32, [512]), ("mask_logits", mc.TYPE_FP32, [512])],
+        ),
         "head": (
             [("clip_features", mc.TYPE_FP32, [512]), ("mask_logits", mc.TYPE_FP32, [512])],
             [("masked_features", mc.TYPE_FP32, [512]), ("logits", mc.TYPE_FP32, [num_classes]),
@@ -63,6 +80,11 @@ def _signatures(wire_size: int, num_classes: int) -> dict[str, tuple[list, list]
 
 def _tensor(cls, name, dtype, dims, **extra):
     return cls(name=name, data_type=dtype, dims=dims, **extra)
+
+
+# Tiny graphs: one onnxruntime thread each, so their pools never compete with the encoders' for cores
+# (measured with `fer-triton bench`, see docs/benchmarks.md).
+SINGLE_THREAD_STAGES = ("preprocess", "head")
 
 
 def stage_config(stage: str, model_name: str, wire_size: int, num_classes: int, *,
@@ -79,6 +101,8 @@ def stage_config(stage: str, model_name: str, wire_size: int, num_classes: int, 
         dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=queue_delay_us),
         instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances)],
     )
+    if threads == 0 and stage in SINGLE_THREAD_STAGES:
+        threads = 1
     cfg.parameters["intra_op_threads"].string_value = str(threads)
     cfg.parameters["onnx_file"].string_value = "model.onnx"
     if stage == "head":
@@ -88,7 +112,7 @@ def stage_config(stage: str, model_name: str, wire_size: int, num_classes: int, 
 
 
 def ensemble_config(layout: RepositoryLayout, wire_size: int, classes: tuple[str, ...], *,
-                    max_batch_size: int, metadata: dict) -> mc.ModelConfig:
+                    max_batch_size: int, metadata: dict, fused: bool = False) -> mc.ModelConfig:
     names = layout.stages
     n = len(classes)
     cfg = mc.ModelConfig(
@@ -109,6 +133,9 @@ def ensemble_config(layout: RepositoryLayout, wire_size: int, classes: tuple[str
         (names["head"], {"clip_features": "clip_features", "mask_logits": "mask_logits"},
          {"masked_features": "masked_features", "logits": "logits", "probabilities": "probabilities"}),
     ]
+    if fused:  # one backbone model instead of the first three steps; same tensors, same head
+        steps[:3] = [(layout.backbone, {"faces": "faces"},
+                      {"clip_features": "clip_features", "mask_logits": "mask_logits"})]
     for model_name, inputs, outputs in steps:
         step = cfg.ensemble_scheduling.step.add(model_name=model_name, model_version=-1)
         step.input_map.update(inputs)
@@ -129,14 +156,18 @@ def parse_config(path: Path) -> mc.ModelConfig:
 
 def write_repository(out_dir: Path, onnx_paths: dict[str, Path], *, layout: RepositoryLayout = RepositoryLayout(),
                      wire_size: int = 224, classes: tuple[str, ...], max_batch_size: int = 64,
-                     threads: int = 0, metadata: dict | None = None, overwrite: bool = False) -> Path:
+                     threads: int = 0, metadata: dict | None = None, overwrite: bool = False,
+                     fused: bool = False) -> Path:
     """Write the CPU-flavour repository (version 1 of every model) into ``out_dir``.
 
     ``onnx_paths`` maps Triton model names to validated ONNX files (moved into the repository).
+    ``fused``: preprocess, CLIP encoder and mask net run as ONE model (``layout.backbone``, one merged
+    graph in one process) before the head; clients see the same ensemble and tensors.
     """
     out_dir = Path(out_dir)
     names = layout.stages
-    existing = [p for p in [out_dir / layout.ensemble, *(out_dir / n for n in names.values())] if p.exists()]
+    models = [*names.values(), layout.backbone]
+    existing = [p for p in [out_dir / layout.ensemble, *(out_dir / n for n in models)] if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(
             f"{out_dir} already holds {', '.join(p.name for p in existing)}; pass --overwrite to replace them"
@@ -144,16 +175,24 @@ def write_repository(out_dir: Path, onnx_paths: dict[str, Path], *, layout: Repo
     for path in existing:
         shutil.rmtree(path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stage, model_name in names.items():
+    stages = {"backbone": layout.backbone, "head": names["head"]} if fused else names
+    for stage, model_name in stages.items():
         version_dir = out_dir / model_name / "1"
         version_dir.mkdir(parents=True)
-        shutil.move(str(onnx_paths[model_name]), version_dir / "model.onnx")
+        if stage == "backbone":
+            from fer_triton.export.fuse import fuse_backbone
+
+            fuse_backbone(*(onnx_paths[names[s]] for s in ("preprocess", "clip_encoder", "mask_net")),
+                          version_dir / "model.onnx")
+        else:
+            shutil.move(str(onnx_paths[model_name]), version_dir / "model.onnx")
         shutil.copyfile(RUNNER_SOURCE, version_dir / "model.py")
         cfg = stage_config(stage, model_name, wire_size, len(classes), max_batch_size=max_batch_size, threads=threads)
         (out_dir / model_name / "config.pbtxt").write_text(config_text(cfg))
     ensemble_dir = out_dir / layout.ensemble
     (ensemble_dir / "1").mkdir(parents=True)  # ensembles need an (empty) version directory
     (ensemble_dir / "labels.txt").write_text("\n".join(classes) + "\n")
-    cfg = ensemble_config(layout, wire_size, classes, max_batch_size=max_batch_size, metadata=metadata or {})
+    cfg = ensemble_config(layout, wire_size, classes, max_batch_size=max_batch_size, metadata=metadata or {},
+                          fused=fused)
     (ensemble_dir / "config.pbtxt").write_text(config_text(cfg))
     return out_dir

@@ -78,6 +78,9 @@ def _register_commands() -> None:
     cli.add_command(build_trt)
     cli.add_command(check_precision)
     cli.add_command(gpu_configs)
+    from fer_triton.bench import bench
+
+    cli.add_command(bench)
     from fer_triton.retrain.cli import drift, retrain, rollback
 
     for command in (retrain, rollback, drift):

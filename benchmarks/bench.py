@@ -1,0 +1,274 @@
+"""One benchmark run: export the variants, time the in-process baselines, then each served variant.
+
+    result = run_benchmark(BenchConfig(model_size="vit-b-32"))   # a JSON-ready dict
+    print(format_report(result))
+
+Served and in-process figures come from the same run on the same machine, so their ratios mean
+something even where the absolute numbers move with the machine's load.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from fer_triton.benchmarks import machine, memory, metrics
+from fer_triton.benchmarks.inprocess import OrtPipeline, TorchEager, measure
+from fer_triton.benchmarks.served import ServedLoad
+
+log = logging.getLogger(__name__)
+
+MODEL_SIZES = {"vit-b-32": "ViT-B-32-quickgelu", "tiny": "FER-Tiny-ViT-quickgelu"}
+PRECISIONS = ("fp32", "int8")
+LAYOUTS = ("staged", "fused")
+DEFAULT_VARIANTS = ("fp32-staged", "fp32-fused", "int8-fused")
+
+
+class BenchError(RuntimeError):
+    """A benchmark setting is invalid or a step failed (the message says which)."""
+
+
+def parse_variant(name: str) -> tuple[str, str]:
+    """"int8-fused" -> ("int8", "fused")."""
+    precision, _, layout = name.partition("-")
+    if precision not in PRECISIONS or layout not in LAYOUTS:
+        raise BenchError(f"unknown served variant {name!r}: use <precision>-<layout> with precision in "
+                         f"{PRECISIONS} and layout in {LAYOUTS}, e.g. fp32-staged")
+    return precision, layout
+
+
+@dataclass
+class BenchConfig:
+    model_size: str = "vit-b-32"
+    checkpoint: Path | None = None          # default: a random-weight checkpoint made in workdir
+    workdir: Path = Path("build/bench")
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    batch_sizes: tuple[int, ...] = (1, 16)
+    concurrency: tuple[int, ...] = (1, 2)
+    duration_s: float = 6.0                 # per measured point (at least min_requests per client)
+    min_requests: int = 3
+    threads: int = 0                        # onnxruntime/PyTorch threads in-process (0 = all cores)
+    baselines: bool = True                  # onnxruntime in-process + PyTorch eager
+    perf_analyzer: bool = True
+    perf_analyzer_batch: int = 16
+    reuse_exports: bool = False             # keep repositories already in workdir (same checkpoint)
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.model_size not in MODEL_SIZES:
+            raise BenchError(f"model size must be one of {', '.join(MODEL_SIZES)}, not {self.model_size!r}")
+        for v in self.variants:
+            parse_variant(v)
+        if not self.variants:
+            raise BenchError("no served variant to measure")
+        bad = [b for b in self.batch_sizes if not 1 <= b <= 64]
+        if bad or not self.batch_sizes:
+            raise BenchError(f"batch sizes must be 1..64 (the repository's max_batch_size), got {list(self.batch_sizes)}")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise BenchError(f"concurrency levels must be >= 1, got {list(self.concurrency)}")
+        if self.duration_s <= 0 or self.min_requests < 1:
+            raise BenchError(f"duration must be > 0 and min requests >= 1, got {self.duration_s}, {self.min_requests}")
+        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
+            raise BenchError(f"checkpoint not found: {self.checkpoint}")
+
+
+def _checkpoint(cfg: BenchConfig, echo: Callable[[str], None]) -> Path:
+    if cfg.checkpoint is not None:
+        return Path(cfg.checkpoint)
+    from fer_triton.checkpoint import CAFECheckpoint, build_untrained
+
+    clip_model = MODEL_SIZES[cfg.model_size]
+    path = Path(cfg.workdir) / f"cafe_{cfg.model_size}_random.pt"
+    if not path.is_file():
+        echo(f"building a random-weight CAFE model ({clip_model} + ResNet-18): speed only, never accuracy")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, init = build_untrained(clip_model, None, seed=cfg.seed)
+        CAFECheckpoint.from_model(model, clip_model=clip_model, clip_pretrained=None, mask_net_init=init,
+                                  meta={"trained": False, "source": "fer-triton bench"}).save(path)
+    return path
+
+
+def _export(cfg: BenchConfig, checkpoint: Path, variant: str, echo) -> tuple[Path, dict]:
+    from fer_triton.export.exporter import export_checkpoint
+
+    precision, layout = parse_variant(variant)
+    repo = Path(cfg.workdir) / "repositories" / variant
+    if cfg.reuse_exports and (repo / "cafe" / "config.pbtxt").is_file():
+        echo(f"  {variant}: reusing {repo}")
+        return repo, {"reused": True}
+    start = time.perf_counter()
+    result = export_checkpoint(checkpoint, repo, overwrite=True, precision=precision, fused=layout == "fused",
+                               max_batch_size=64)
+    info = {"seconds": round(time.perf_counter() - start, 1)}
+    if result.cpu_precision is not None:
+        q = result.cpu_precision
+        info.update(top1_agreement_vs_fp32=q.agreement, agreement_faces=q.check_faces,
+                    max_abs_diff_vs_fp32=q.max_abs_diff, quantization=q.methods)
+    echo(f"  {variant}: exported in {info['seconds']:.0f}s"
+         + (f", int8 top-1 agreement {info['top1_agreement_vs_fp32']:.2%} on {info['agreement_faces']} drawn faces"
+            if "top1_agreement_vs_fp32" in info else ""))
+    return repo, info
+
+
+def _timed(run) -> dict:
+    return {"faces_per_s": round(run.faces_per_s, 2), "p50_ms": round(run.percentile_ms(50), 1),
+            "p95_ms": round(run.percentile_ms(95), 1), "p99_ms": round(run.percentile_ms(99), 1)}
+
+
+def _baselines(cfg, checkpoint, repos, faces_by_batch, echo) -> list[dict]:
+    rows = []
+    for precision in PRECISIONS:  # the first exported repository of each precision
+        repo = next((repos[v] for v in cfg.variants if parse_variant(v)[0] == precision), None)
+        if repo is None:
+            continue
+        pipeline = OrtPipeline(repo, threads=cfg.threads)
+        for b in cfg.batch_sizes:
+            run = measure("onnxruntime", precision, pipeline, faces_by_batch[b], duration_s=cfg.duration_s,
+                          min_calls=cfg.min_requests)
+            rows.append({"engine": "onnxruntime in-process", "precision": precision, "batch_size": b,
+                         "calls": run.calls, **_timed(run)})
+            echo(f"  onnxruntime {precision} batch {b}: {run.faces_per_s:.1f} faces/s")
+        del pipeline
+    eager = TorchEager(checkpoint, threads=cfg.threads)
+    for b in cfg.batch_sizes:
+        run = measure("pytorch", "fp32", eager, faces_by_batch[b], duration_s=cfg.duration_s, min_calls=cfg.min_requests)
+        rows.append({"engine": "pytorch eager", "precision": "fp32", "batch_size": b, "calls": run.calls,
+                     **_timed(run)})
+        echo(f"  pytorch eager batch {b}: {run.faces_per_s:.1f} faces/s")
+    del eager
+    return rows
+
+
+def _serve_variant(cfg, variant, repo, faces_by_batch, load, echo) -> dict:
+    from fer_triton.client import FerClient
+    from fer_triton.server import TritonServer, free_port
+
+    server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    started = time.perf_counter()
+    server.start()
+    out = {"variant": variant, "startup_s": round(time.perf_counter() - started, 1), "points": []}
+    try:
+        out["server_idle_mb"] = round(sum(p.rss_mb for p in memory.server_tree(server.pid)), 1)
+        # The served graphs must compute what the in-process ones do: a benchmark of wrong answers is worthless.
+        check = faces_by_batch[max(cfg.batch_sizes)]
+        with FerClient(server.grpc_url) as client:
+            served = client.infer(check).probabilities
+        out["served_vs_inprocess_max_abs_diff"] = float(np.max(np.abs(served - OrtPipeline(repo)(check))))
+        peak: list[memory.ProcessMemory] = []
+        for b in cfg.batch_sizes:
+            for c in cfg.concurrency:
+                before = metrics.scrape(server.metrics_url)
+                run = load.run(server.grpc_url, "cafe", faces_by_batch[b], c, duration_s=cfg.duration_s,
+                               min_requests=cfg.min_requests)
+                after = metrics.scrape(server.metrics_url)
+                tree = memory.server_tree(server.pid)
+                if sum(p.rss_mb for p in tree) > sum(p.rss_mb for p in peak):
+                    peak = tree
+                point = {"batch_size": b, "concurrency": c, "requests": run.requests, "errors": len(run.errors),
+                         "seconds": round(run.seconds, 3),
+                         "client_rss_mb": round(run.client_rss_mb, 1), **_timed(run),
+                         "triton": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in asdict(m).items()}
+                                    for m in metrics.difference(before, after)]}
+                if run.errors:
+                    point["first_error"] = run.errors[0]
+                out["points"].append(point)
+                echo(f"  {variant} batch {b} concurrency {c}: {run.faces_per_s:.1f} faces/s, "
+                     f"p99 {run.percentile_ms(99):.0f} ms" + (f", {len(run.errors)} ERRORS" if run.errors else ""))
+        out["server_peak_mb"] = round(sum(p.rss_mb for p in peak), 1)
+        out["server_processes"] = [asdict(p) | {"rss_mb": round(p.rss_mb, 1)} for p in peak]
+        if cfg.perf_analyzer and variant == cfg.variants[0]:
+            out["perf_analyzer"] = _perf_analyzer(cfg, server, echo)
+    finally:
+        server.stop()
+    return out
+
+
+def _perf_analyzer(cfg, server, echo) -> dict:
+    from fer_triton.benchmarks.perf_analyzer import PerfAnalyzerError, install_perf_analyzer, run_perf_analyzer
+
+    try:
+        binary = install_perf_analyzer()
+        rows = run_perf_analyzer(binary, server.grpc_url, "cafe", batch_size=cfg.perf_analyzer_batch,
+                                 concurrency=list(cfg.concurrency), wire_size=224,
+                                 requests_per_window=max(3, cfg.min_requests))
+    except PerfAnalyzerError as exc:  # reported in the result; the rest of the run still counts
+        echo(f"  perf_analyzer: FAILED: {exc}")
+        return {"error": str(exc)}
+    for r in rows:
+        echo(f"  perf_analyzer batch {r.batch_size} concurrency {r.concurrency}: {r.faces_per_s:.1f} faces/s, "
+             f"p99 {r.p99_ms:.0f} ms")
+    return {"binary": str(binary), "rows": [asdict(r) for r in rows]}
+
+
+def run_benchmark(cfg: BenchConfig, echo: Callable[[str], None] = print) -> dict:
+    """Run everything ``cfg`` asks for; returns the result as a JSON-ready dict (see benchmarks/README.md)."""
+    from fer_triton.synthetic import draw_faces
+
+    cfg.validate()
+    Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    result: dict = {"machine": machine.describe(), "settings": {k: (str(v) if isinstance(v, Path) else v)
+                                                               for k, v in asdict(cfg).items()}}
+    checkpoint = _checkpoint(cfg, echo)
+    result["model"] = {"size": cfg.model_size, "clip_model": MODEL_SIZES[cfg.model_size],
+                       "checkpoint": str(checkpoint),
+                       "weights": "random (speed only; top-1 agreement is on drawn faces)"}
+    echo("exporting (each export validated against PyTorch; int8 checked against fp32)")
+    repos, result["exports"] = {}, {}
+    for variant in cfg.variants:
+        repos[variant], result["exports"][variant] = _export(cfg, checkpoint, variant, echo)
+    # Drawn faces (synthetic): the content does not change the speed of these graphs.
+    faces_by_batch = {b: draw_faces(b, 224, seed=cfg.seed + b)[0] for b in cfg.batch_sizes}
+    result["inprocess"] = []
+    if cfg.baselines:
+        echo("in-process baselines")
+        result["inprocess"] = _baselines(cfg, checkpoint, repos, faces_by_batch, echo)
+    echo("served through Triton gRPC")
+    result["served"] = []
+    with ServedLoad() as load:
+        for variant in cfg.variants:
+            result["served"].append(_serve_variant(cfg, variant, repos[variant], faces_by_batch, load, echo))
+    result["targets"] = targets(result)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _best_served(result: dict, precision: str, layout: str | None, batch: int) -> tuple[float, str] | None:
+    best = None
+    for served in result["served"]:
+        p, l = parse_variant(served["variant"])
+        if p != precision or (layout and l != layout):
+            continue
+        for point in served["points"]:
+            if point["batch_size"] == batch and (best is None or point["faces_per_s"] > best[0]):
+                best = (point["faces_per_s"], f"{served['variant']} c={point['concurrency']}")
+    return best
+
+
+def targets(result: dict) -> dict:
+    """The two goals of issue #7, as ratios measured in this run (None where not measured)."""
+    batch = 16 if 16 in result["settings"]["batch_sizes"] else max(result["settings"]["batch_sizes"])
+    out: dict = {"batch_size": batch}
+    ort = {r["precision"]: r["faces_per_s"] for r in result["inprocess"]
+           if r["engine"].startswith("onnxruntime") and r["batch_size"] == batch}
+    for precision in PRECISIONS:
+        served = _best_served(result, precision, None, batch)
+        if served and ort.get(precision):
+            out[f"served_{precision}_vs_inprocess"] = {
+                "ratio": round(served[0] / ort[precision], 3), "served": served[0], "served_by": served[1],
+                "inprocess": ort[precision], "goal": ">= 0.9"}
+    fp32, int8 = _best_served(result, "fp32", None, batch), _best_served(result, "int8", None, batch)
+    if fp32 and int8:
+        agreement = next((e.get("top1_agreement_vs_fp32") for v, e in result["exports"].items()
+                          if parse_variant(v)[0] == "int8"), None)
+        out["served_int8_vs_fp32"] = {"ratio": round(int8[0] / fp32[0], 3), "int8": int8[0], "int8_by": int8[1],
+                                      "fp32": fp32[0], "fp32_by": fp32[1], "top1_agreement": agreement,
+                                      "goal": ">= 2.0 at >= 0.99 agreement"}
+    return out

@@ -1,0 +1,76 @@
+"""Plain-text tables of a benchmark result (the dict ``run_benchmark`` returns) and its JSON file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def format_report(result: dict) -> str:
+    m, model = result["machine"], result["model"]
+    parts = [f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, ISA {' '.join(m['isa'])}; "
+             f"load average at start {m['load_average_1m']}; {m['date']}",
+             f"model: {model['clip_model']} + ResNet-18, {model['weights']}"]
+    rows = []
+    for served in result["served"]:
+        for p in served["points"]:
+            rows.append([f"served {served['variant']}", p["batch_size"], p["concurrency"], p["faces_per_s"],
+                         p["p50_ms"], p["p95_ms"], p["p99_ms"], p["errors"]])
+    for r in result["inprocess"]:
+        rows.append([f"{r['engine']} {r['precision']}", r["batch_size"], "-", r["faces_per_s"], r["p50_ms"],
+                     r["p95_ms"], r["p99_ms"], "-"])
+    parts.append(_table(["path", "batch", "conc", "faces/s", "p50 ms", "p95 ms", "p99 ms", "errors"], rows))
+
+    pa = [(s["variant"], r) for s in result["served"] for r in s.get("perf_analyzer", {}).get("rows", [])]
+    if pa:
+        parts.append("perf_analyzer (gRPC, random uint8 faces):\n" + _table(
+            ["variant", "batch", "conc", "faces/s", "p50 ms", "p95 ms", "p99 ms", "queue ms", "compute ms"],
+            [[v, r["batch_size"], r["concurrency"], round(r["faces_per_s"], 2), round(r["p50_ms"], 1),
+              round(r["p95_ms"], 1), round(r["p99_ms"], 1), round(r["server_queue_ms"], 1),
+              round(r["server_compute_ms"], 1)] for v, r in pa]))
+    for s in result["served"]:
+        if "error" in s.get("perf_analyzer", {}):
+            parts.append(f"perf_analyzer on {s['variant']} failed: {s['perf_analyzer']['error']}")
+
+    triton = []
+    for s in result["served"]:
+        for p in s["points"]:
+            if p["batch_size"] == max(result["settings"]["batch_sizes"]) and p["concurrency"] == max(result["settings"]["concurrency"]):
+                for t in p["triton"]:
+                    triton.append([s["variant"], t["model"], t["version"], t["requests"],
+                                   round(t["faces"] / max(t["executions"], 1), 1),
+                                   t["queue_ms"], t["compute_infer_ms"], round(t["compute_input_ms"] + t["compute_output_ms"], 2)])
+    if triton:
+        parts.append("Triton's view (per request, busiest point):\n" + _table(
+            ["variant", "model", "ver", "requests", "faces/exec", "queue ms", "infer ms", "in+out ms"], triton))
+    parts.append("memory (resident MB): " + "; ".join(
+        f"{s['variant']}: server {s['server_peak_mb']} (idle {s['server_idle_mb']}, "
+        f"{len(s['server_processes'])} processes), client {max(p['client_rss_mb'] for p in s['points'])}"
+        for s in result["served"]))
+    parts.append("served vs in-process max |dp|: " + ", ".join(
+        f"{s['variant']} {s['served_vs_inprocess_max_abs_diff']:.1e}" for s in result["served"]))
+    for variant, e in result["exports"].items():
+        if "top1_agreement_vs_fp32" in e:
+            parts.append(f"{variant}: top-1 agreement with fp32 {e['top1_agreement_vs_fp32']:.2%} on "
+                         f"{e['agreement_faces']} drawn faces (random weights), max |dp| {e['max_abs_diff_vs_fp32']:.1e}")
+    t = result["targets"]
+    for key, goal in t.items():
+        if isinstance(goal, dict):
+            parts.append(f"target {key}: {goal['ratio']:.2f}x (goal {goal['goal']}) " + json.dumps(
+                {k: v for k, v in goal.items() if k not in ('ratio', 'goal')}))
+    parts.append(f"took {result['seconds']:.0f}s")
+    return "\n\n".join(parts)
+
+
+def save_json(result: dict, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

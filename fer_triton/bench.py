@@ -1,0 +1,61 @@
+"""`fer-triton bench`: served throughput and latency against in-process baselines, in one command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _ints(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        numbers = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not numbers:
+        raise click.BadParameter("give at least one value")
+    return numbers
+
+
+@click.command()
+@click.option("--model-size", type=click.Choice(["vit-b-32", "tiny"]), default="vit-b-32", show_default=True,
+              help="vit-b-32: the true CLIP ViT-B/32 + ResNet-18 (random weights); tiny: a quick check.")
+@click.option("-c", "--checkpoint", type=click.Path(path_type=Path),
+              help="Benchmark this CAFE checkpoint instead of a random-weight one.")
+@click.option("-b", "--batch-sizes", default="1,16", show_default=True, callback=_ints,
+              help="Comma-separated batch sizes.")
+@click.option("--concurrency", default="1,2", show_default=True, callback=_ints,
+              help="Comma-separated numbers of requests in flight.")
+@click.option("--variants", default="fp32-staged,fp32-fused,int8-fused", show_default=True,
+              help="Served repositories: <fp32|int8>-<staged|fused>, comma-separated.")
+@click.option("-d", "--duration", default=6.0, show_default=True, help="Seconds per measured point.")
+@click.option("--min-requests", default=3, show_default=True, help="At least this many timed requests per client.")
+@click.option("--threads", default=0, show_default=True, help="In-process threads (0 = all cores).")
+@click.option("--no-baselines", is_flag=True, help="Skip the in-process onnxruntime and PyTorch runs.")
+@click.option("--no-perf-analyzer", is_flag=True, help="Skip NVIDIA's perf_analyzer.")
+@click.option("-w", "--workdir", type=click.Path(path_type=Path), default=Path("build/bench"), show_default=True,
+              help="Checkpoint and exported repositories go here.")
+@click.option("--reuse-exports", is_flag=True, help="Serve repositories already in --workdir instead of exporting.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=Path("build/bench/result.json"),
+              show_default=True, help="Write the full result here.")
+def bench(model_size, checkpoint, batch_sizes, concurrency, variants, duration, min_requests, threads,
+          no_baselines, no_perf_analyzer, workdir, reuse_exports, json_path):
+    """Measure served faces/s and p50/p95/p99 latency against onnxruntime in-process and PyTorch eager."""
+    from fer_triton.benchmarks.bench import BenchConfig, BenchError, run_benchmark
+    from fer_triton.benchmarks.report import format_report, save_json
+    from fer_triton.checkpoint import CheckpointError
+    from fer_triton.export.onnx_export import ExportValidationError
+    from fer_triton.server import TritonServerError
+
+    cfg = BenchConfig(model_size=model_size, checkpoint=checkpoint, workdir=workdir,
+                      variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
+                      batch_sizes=batch_sizes, concurrency=concurrency, duration_s=duration,
+                      min_requests=min_requests, threads=threads, baselines=not no_baselines,
+                      perf_analyzer=not no_perf_analyzer, reuse_exports=reuse_exports)
+    try:
+        result = run_benchmark(cfg, echo=click.echo)
+    except (BenchError, CheckpointError, ExportValidationError, TritonServerError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("")
+    click.echo(format_report(result))
+    click.echo(f"\nwrote {save_json(result, json_path)}")
