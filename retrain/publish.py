@@ -191,7 +191,13 @@ def publish_head(client: FerClient, heads: HeadVersions, head: LinearHead, *, in
         record = {"version": version, "previous_version": serving, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "onnx_max_abs_diff": diff, **info}
         (staged / HEAD_INFO).write_text(json.dumps(record, indent=2, default=_jsonable))
-        shutil.move(str(staged), str(heads.version_dir(version)))
+        target = heads.version_dir(version)
+        if target.exists():  # another publish got there first: never write into a version in use
+            raise PublishError(f"{target} appeared while publishing: is another retrain running?")
+        try:
+            staged.rename(target)                      # atomic on one filesystem
+        except OSError:
+            shutil.move(str(staged), str(target))      # the repository is a mount of its own
     try:
         _load(client, heads.name)
         served = served_versions(client, heads.name)

@@ -20,6 +20,7 @@ def draw_confusion(confusion: np.ndarray, title: str, path: Path, classes: tuple
     font = ImageFont.load_default()
     d.text((10, 8), title, fill="black", font=font)
     d.text((left, 28), "predicted ->", fill="black", font=font)
+    d.text((6, top - 18), "true", fill="black", font=font)
     rows = confusion.sum(axis=1, keepdims=True)
     share = np.divide(confusion, rows, out=np.zeros(confusion.shape, float), where=rows > 0)
     for j, name in enumerate(classes):
