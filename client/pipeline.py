@@ -213,7 +213,8 @@ class StreamPipeline:
     def __init__(self, sources: list[SourceSpec | FrameSource], urls: list[str] | str, model: str = "cafe", *,
                  config: StreamConfig | None = None, out: IO[str] | None = None,
                  on_frame: Callable[[FrameOutcome], None] | None = None,
-                 progress: IO[str] | None = None, detector: FaceDetector | None = None):
+                 progress: IO[str] | None = None, table_every_s: float = 0.0,
+                 detector: FaceDetector | None = None):
         self.config = config or StreamConfig()
         self.config.check()
         self.sources = list(sources)
@@ -227,6 +228,7 @@ class StreamPipeline:
         self.detector = detector or make_detector(self.config.detector, min_face=self.config.min_face)
         self.stats = StreamStats(cameras)
         self._out, self._on_frame, self._progress_out = out, on_frame, progress
+        self._table_every_s = table_every_s
         self._frames = _FrameQueues(cameras, self.config.queue_frames)
         self._in_order = _InOrder(cameras, self._emit)
         self._faces: queue.Queue[_FaceJob] = queue.Queue(maxsize=self.config.batch_size * self.config.max_in_flight)
@@ -524,7 +526,8 @@ class StreamPipeline:
         self._batch_size = min(self.config.batch_size, info.max_batch_size or self.config.batch_size)
         if self._out is not None:
             self.writer = JsonLinesWriter(self._out, info.classes)
-        progress = ProgressDisplay(self.stats, self._progress_out) if self._progress_out is not None else None
+        progress = (ProgressDisplay(self.stats, self._progress_out, table_every_s=self._table_every_s)
+                    if self._progress_out is not None else None)
         readers = [threading.Thread(target=self._read_camera, args=(s,), name=f"read-{s.camera}", daemon=True)
                    for s in self.sources]
         workers = [threading.Thread(target=self._detect_loop, args=(info.wire_size,), name=f"detect-{i}", daemon=True)

@@ -209,11 +209,14 @@ def _ms(v: float | None) -> str:
 class ProgressDisplay:
     """A one-line live status (rewritten in place on a terminal), at most once per ``interval_s``."""
 
-    def __init__(self, stats: StreamStats, out: IO[str] | None = None, interval_s: float | None = None):
+    def __init__(self, stats: StreamStats, out: IO[str] | None = None, interval_s: float | None = None,
+                 table_every_s: float = 0.0):
         self.stats, self.out = stats, out or sys.stderr
         self.tty = getattr(self.out, "isatty", lambda: False)()
         self.interval_s = interval_s or (1.0 if self.tty else 10.0)  # a log file gets a line per 10 s
+        self.table_every_s = table_every_s  # also print the per-camera table this often (0: never)
         self._last_t, self._last_results = time.monotonic(), 0
+        self._last_table = time.monotonic()
 
     def tick(self, in_flight: int, force: bool = False) -> None:
         now = time.monotonic()
@@ -228,6 +231,9 @@ class ProgressDisplay:
                 f"| p50 {_ms(self.stats.latency(50))} ms p99 {_ms(self.stats.latency(99))} ms "
                 f"| dropped {total.frames_dropped} | errors {total.errors + total.frames_bad}")
         self.out.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
+        if self.table_every_s and now - self._last_table >= self.table_every_s:
+            self._last_table = now
+            self.out.write(("\n" if self.tty else "") + format_summary(self.stats) + "\n")
         self.out.flush()
 
     def finish(self) -> None:

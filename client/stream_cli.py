@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -38,8 +39,12 @@ def _raise_interrupt(*_):
 @click.option("--stall-timeout", default=10.0, show_default=True, help="Seconds without a frame = stalled camera.")
 @click.option("--connect-wait", default=10.0, show_default=True, help="Seconds to wait for a server at start.")
 @click.option("--progress/--no-progress", default=None, help="Live status line on stderr (default: on a terminal).")
+@click.option("--stats-every", default=0.0, show_default=True,
+              help="Also print the per-camera table (faces/s, p50/p99, drops) every N seconds (0: only at the end).")
+@click.option("-v", "--verbose", is_flag=True, help="Log retries, reconnects and failing cameras.")
 def stream(sources, urls, model, output, detector, min_face, margin, batch_size, max_wait_ms, in_flight,
-           queue_frames, live_drop, fps, detect_workers, retry_timeout, stall_timeout, connect_wait, progress):
+           queue_frames, live_drop, fps, detect_workers, retry_timeout, stall_timeout, connect_wait, progress,
+           stats_every, verbose):
     """Stream SOURCES through the served model and write one JSON line per face.
 
     A SOURCE is [ID=]LOCATION: a folder or image file, a video file, a stream URL OpenCV opens
@@ -53,17 +58,21 @@ def stream(sources, urls, model, output, detector, min_face, margin, batch_size,
     from fer_triton.client.servers import NoServerError
     from fer_triton.client.sources import parse_sources
 
+    if verbose:
+        logging.getLogger("fer_triton.client").setLevel(logging.INFO)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     try:
         specs = parse_sources(list(sources))
         config = StreamConfig(batch_size=batch_size, max_wait_ms=max_wait_ms, max_in_flight=in_flight,
                               queue_frames=queue_frames, live_drop=live_drop, detector=detector, min_face=min_face,
                               margin=margin, detect_workers=detect_workers, retry_timeout_s=retry_timeout,
                               stall_timeout_s=stall_timeout, fps=fps, connect_wait_s=connect_wait)
-        show_progress = sys.stderr.isatty() if progress is None else progress
+        show_progress = (sys.stderr.isatty() or stats_every > 0) if progress is None else progress
         out = sys.stdout if str(output) == "-" else open(output, "w")
         try:
             pipeline = StreamPipeline(specs, list(urls), model, config=config, out=out,
-                                      progress=sys.stderr if show_progress else None)
+                                      progress=sys.stderr if show_progress else None, table_every_s=stats_every)
             previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
             try:
                 summary = pipeline.run()

@@ -413,8 +413,10 @@ def test_stream_command_writes_json_lines(triton_server, tmp_path):
         Image.fromarray(draw_face(i, FRAME)).save(folder / f"{i}.png")
     out = tmp_path / "results.jsonl"
     result = CliRunner().invoke(cli, ["stream", f"desk={folder}", "-u", triton_server.grpc_url, "-d", "crops",
-                                      "-o", str(out), "--no-progress"])
+                                      "-o", str(out), "-v", "--progress", "--stats-every", "0.001"])
     assert result.exit_code == 0, result.output
+    assert "cameras 0/1 running | frames 3 |" in result.output and "| results 3 |" in result.output
+    assert result.output.count("TOTAL") == 2  # the periodic per-camera table, then the summary
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["frame"] for x in face_lines(lines)] == [0, 1, 2] and lines[-1]["event"] == "ended"
     assert "every face accounted for: yes" in result.output
