@@ -60,6 +60,10 @@ class FrameQueues:
                     return None
                 self._cond.wait(left)
 
+    def full(self, camera: str) -> bool:
+        with self._cond:
+            return len(self._queues[camera]) >= self._capacity
+
     def empty(self) -> bool:
         with self._cond:
             return not any(self._queues.values())

@@ -347,6 +347,9 @@ class StreamPipeline:
             done(None, exc)
 
     def _on_answer(self, batch: _Batch, server, output, error, started: float) -> None:
+        if error is None and len(output.probabilities) != len(batch.faces):
+            self._fail_batch(batch, f"server answered {len(output.probabilities)} results for {len(batch.faces)} faces")
+            return
         if error is None:
             self.pool.succeeded(server)
             self.stats.add_timing("request", (time.perf_counter() - started) * 1000)
@@ -417,7 +420,8 @@ class StreamPipeline:
         now = time.monotonic()
         for camera, stats in self.stats.cameras.items():
             last = self._last_frame.get(camera)
-            if last is None or stats.status != "running":
+            # A full queue means back-pressure (a slow server), not a silent camera.
+            if last is None or stats.status != "running" or self._frames.full(camera):
                 continue
             if now - last > self.config.stall_timeout_s:
                 self.stats.set_status(camera, f"stalled ({now - last:.0f}s without a frame)")
