@@ -24,7 +24,7 @@ from PIL import Image
 from conftest import pytorch_probabilities
 from fer_triton.cli import cli
 from fer_triton.client import StreamConfig, StreamPipeline, parse_source, parse_sources
-from fer_triton.client.faces import Box, HaarDetector, crop_face
+from fer_triton.client.faces import Box, DetectorUnavailable, HaarDetector, crop_face, make_detector
 from fer_triton.client.servers import NoServerError
 from fer_triton.client.sources import BadFrame, Frame, FrameSource, SourceSpec
 from fer_triton.images import to_wire
@@ -363,6 +363,18 @@ def test_haar_detector_finds_a_drawn_face_in_a_larger_frame(triton_server, tiny_
     expected = pytorch_probabilities(tiny_checkpoint, crop[None].copy())[0]
     assert np.abs(np.array([hit["probabilities"][c] for c in CLASSES]) - expected).max() < 1e-4
     assert summary.accounting.frames_no_face == 1 and summary.accounting.balanced
+
+
+def test_mtcnn_is_optional_and_says_how_to_install():
+    try:
+        import facenet_pytorch  # noqa: F401
+    except ImportError:
+        with pytest.raises(DetectorUnavailable, match="pip install --no-deps facenet-pytorch==2.6.0 requests"):
+            make_detector("mtcnn")
+        return
+    frame = np.full((360, 480, 3), 90, np.uint8)  # with it installed: it must find this drawn face
+    frame[100:260, 200:360] = draw_faces(3, 160, seed=0)[0][2]
+    assert len(make_detector("mtcnn", min_face=30).detect(frame)) == 1
 
 
 def test_crop_is_square_widened_and_clipped():
