@@ -18,6 +18,11 @@ class TimedRun:
     calls: int
     seconds: float
     latencies_ms: list[float]
+    cpu_seconds: float = 0.0     # this process's user + system CPU during the timed calls
+
+    @property
+    def cpu_ms_per_face(self) -> float:
+        return 1000.0 * self.cpu_seconds / (self.calls * self.batch_size) if self.calls else float("nan")
 
     @property
     def faces_per_s(self) -> float:
@@ -108,5 +113,11 @@ class TorchEager:
 
 def measure(engine: str, precision: str, fn: Callable[[np.ndarray], object], faces: np.ndarray, *,
             duration_s: float, min_calls: int = 3) -> TimedRun:
-    calls, seconds, latencies = time_calls(lambda: fn(faces), duration_s=duration_s, min_calls=min_calls)
-    return TimedRun(engine, precision, len(faces), calls, seconds, latencies)
+    import psutil
+
+    fn(faces)  # warm-up outside the CPU count
+    cpu = psutil.Process().cpu_times()
+    calls, seconds, latencies = time_calls(lambda: fn(faces), duration_s=duration_s, min_calls=min_calls, warmup=0)
+    used = psutil.Process().cpu_times()
+    return TimedRun(engine, precision, len(faces), calls, seconds, latencies,
+                    (used.user - cpu.user) + (used.system - cpu.system))

@@ -1,4 +1,5 @@
-"""Resident memory of the tritonserver process tree (the server plus one python stub per model instance)."""
+"""Resource use of the tritonserver process tree (the server plus one python stub per model instance):
+resident memory, and CPU time (which, unlike wall time, a busy shared machine barely changes)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,20 @@ def server_tree(pid: int) -> list[ProcessMemory]:
         except psutil.NoSuchProcess:
             continue
     return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` and its living descendants."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total

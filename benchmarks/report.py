@@ -21,12 +21,17 @@ def format_report(result: dict) -> str:
     rows = []
     for served in result["served"]:
         for p in served["points"]:
+            cpu = p.get("server_cpu_ms_per_face")
+            cpu = "-" if cpu is None else f"{cpu:.0f}+{p.get('client_cpu_ms_per_face') or 0:.0f}"
             rows.append([f"served {served['variant']}", p["batch_size"], p["concurrency"], p["faces_per_s"],
-                         p["p50_ms"], p["p95_ms"], p["p99_ms"], p["errors"]])
+                         p["p50_ms"], p["p95_ms"], p["p99_ms"], cpu, p["errors"]])
     for r in result["inprocess"]:
         rows.append([f"{r['engine']} {r['precision']}", r["batch_size"], "-", r["faces_per_s"], r["p50_ms"],
-                     r["p95_ms"], r["p99_ms"], "-"])
-    parts.append(_table(["path", "batch", "conc", "faces/s", "p50 ms", "p95 ms", "p99 ms", "errors"], rows))
+                     r["p95_ms"], r["p99_ms"], r.get("cpu_ms_per_face", "-"), "-"])
+    parts.append(_table(["path", "batch", "conc", "faces/s", "p50 ms", "p95 ms", "p99 ms", "cpu ms/face", "errors"],
+                        rows)
+                 + "\n(cpu ms/face: CPU time per face, served = server tree + client; wall-clock figures move "
+                   "with the machine's load, CPU time much less)")
 
     pa = [(s["variant"], r) for s in result["served"] for r in s.get("perf_analyzer", {}).get("rows", [])]
     if pa:

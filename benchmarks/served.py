@@ -27,6 +27,7 @@ class LoadResult:
     latencies_ms: list[float]
     errors: list[str]
     client_rss_mb: float
+    client_cpu_s: float = 0.0        # user + system CPU of the client process during the timed part
 
     @property
     def faces_per_s(self) -> float:
@@ -40,6 +41,13 @@ def _client_rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
+
+
+def _cpu_seconds() -> float:
+    import psutil
+
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
 
 
 def run_load(url: str, model: str, faces: np.ndarray, concurrency: int, *, duration_s: float,
@@ -58,6 +66,7 @@ def run_load(url: str, model: str, faces: np.ndarray, concurrency: int, *, durat
         latencies: list[float] = []
         errors: list[str] = []
         lock = threading.Lock()
+        cpu = _cpu_seconds()
         start = time.perf_counter()
         deadline = start + duration_s
 
@@ -83,11 +92,12 @@ def run_load(url: str, model: str, faces: np.ndarray, concurrency: int, *, durat
         for t in threads:
             t.join()
         seconds = time.perf_counter() - start
+        cpu = _cpu_seconds() - cpu
     finally:
         for client in clients:
             client.close()
     return LoadResult(len(faces), concurrency, len(latencies), len(latencies) * len(faces), seconds,
-                      latencies, errors, _client_rss_mb())
+                      latencies, errors, _client_rss_mb(), cpu)
 
 
 class ServedLoad:

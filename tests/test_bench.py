@@ -158,3 +158,20 @@ def test_bench_refuses_bad_settings(tmp_path):
                          (dict(checkpoint=tmp_path / "missing.pt"), "checkpoint not found")]:
         with pytest.raises(BenchError, match=message):
             run_benchmark(BenchConfig(workdir=tmp_path, **bad), echo=lambda _: None)
+
+
+def test_fused_backbone_graph_computes_what_the_staged_graphs_do(tiny_repository, tmp_path):
+    import onnxruntime as ort
+
+    from fer_triton.export.fuse import fuse_backbone
+
+    staged = {s: tiny_repository / f"cafe_{s}" / "1" / "model.onnx" for s in ("preprocess", "clip_encoder", "mask_net")}
+    fused = fuse_backbone(staged["preprocess"], staged["clip_encoder"], staged["mask_net"], tmp_path / "backbone.onnx")
+    run = lambda path, feeds: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)  # noqa: E731
+    faces, _ = draw_faces(3, 224, seed=4)
+    clip_features, mask_logits = run(fused, {"faces": faces})
+    (pixels,) = run(staged["preprocess"], {"faces": faces})
+    np.testing.assert_allclose(clip_features, run(staged["clip_encoder"], {"pixels": pixels})[0], atol=1e-5)
+    np.testing.assert_allclose(mask_logits, run(staged["mask_net"], {"pixels": pixels})[0], atol=1e-5)
+    with pytest.raises(ValueError, match="expected one input named 'pixels'"):
+        fuse_backbone(staged["preprocess"], staged["preprocess"], staged["mask_net"], tmp_path / "bad.onnx")
