@@ -147,6 +147,7 @@ class StreamPipeline:
         self._detect_done = threading.Event()
         self._last_frame: dict[str, float] = {}
         self.writer: JsonLinesWriter | None = None
+        self.info = None  # the served model's ModelInfo, once run() has reached a server
 
     # ---- outcomes -------------------------------------------------------------------------
     def _emit(self, outcome: FrameOutcome) -> None:
@@ -430,7 +431,7 @@ class StreamPipeline:
 
     # ---- run -------------------------------------------------------------------------------
     def run(self) -> StreamSummary:
-        info = self.pool.info(wait_s=self.config.connect_wait_s)
+        info = self.info = self.pool.info(wait_s=self.config.connect_wait_s)
         self._batch_size = min(self.config.batch_size, info.max_batch_size or self.config.batch_size)
         if self._out is not None:
             self.writer = JsonLinesWriter(self._out, info.classes)

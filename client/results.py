@@ -257,8 +257,9 @@ def format_summary(stats: StreamStats, servers: list[dict] | None = None) -> str
                  total.faces, total.results, total.errors, total.faces_unfinished, f"{total.results / elapsed:.1f}",
                  _ms(stats.latency(50)), _ms(stats.latency(99)), f"{elapsed:.1f}s"])
     widths = [max(len(str(r[i])) for r in [cols, *rows]) for i in range(len(cols))]
-    lines = ["  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
-             for r in [cols, *rows]]
+    text_columns = (0, len(cols) - 1)  # camera and status read left to right; numbers line up right
+    lines = ["  ".join(str(v).ljust(w) if i in text_columns else str(v).rjust(w)
+                       for i, (v, w) in enumerate(zip(r, widths))).rstrip() for r in [cols, *rows]]
     lines.append(f"faces sent {total.faces_sent}, retried requests {stats.retries}; every face accounted for: "
                  f"{'yes' if total.balanced else 'NO'}")
     lines.append("mean time per item: " + ", ".join(

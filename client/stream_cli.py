@@ -84,6 +84,8 @@ def stream(sources, urls, model, output, detector, min_face, margin, batch_size,
     except (ValueError, DetectorUnavailable, NoServerError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary.format(), err=True)
+    if pipeline.info is not None and pipeline.info.random_weights:
+        click.echo("WARNING: the served model uses RANDOM CLIP weights: labels are meaningless.", err=True)
     total = summary.accounting
     failed_cameras = [s for s in summary.stats.cameras.values() if s.status.startswith("failed")]
     if total.results == 0 and (failed_cameras or total.errors):

@@ -429,6 +429,7 @@ def test_stream_command_writes_json_lines(triton_server, tmp_path):
     assert result.exit_code == 0, result.output
     assert "cameras 0/1 running | frames 3 |" in result.output and "| results 3 |" in result.output
     assert result.output.count("TOTAL") == 2  # the periodic per-camera table, then the summary
+    assert "RANDOM CLIP weights: labels are meaningless" in result.output
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["frame"] for x in face_lines(lines)] == [0, 1, 2] and lines[-1]["event"] == "ended"
     assert "every face accounted for: yes" in result.output
