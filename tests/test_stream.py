@@ -284,7 +284,7 @@ def test_round_robin_and_failover_across_servers(triton_server, server_factory, 
 
 def test_abort_reports_in_flight_faces_as_unfinished(server_factory, tiny_repository, tmp_path):
     server = server_factory(tiny_repository)
-    videos = make_cameras(tmp_path, 2, 20)
+    videos = make_cameras(tmp_path, 2, 40)
     first_result = threading.Event()
     pipeline = StreamPipeline(parse_sources([str(v) for v in videos]), server.grpc_url,
                               on_frame=lambda outcome: first_result.set(),
@@ -304,7 +304,7 @@ def test_abort_reports_in_flight_faces_as_unfinished(server_factory, tiny_reposi
 
 
 def test_stop_finishes_what_was_read(triton_server, tmp_path):
-    videos = make_cameras(tmp_path, 2, 30)
+    videos = make_cameras(tmp_path, 2, 100)  # 10 s at 10 fps: stop() comes long before the end
     first_result = threading.Event()
     pipeline = StreamPipeline(parse_sources([str(v) for v in videos]), triton_server.grpc_url,
                               on_frame=lambda outcome: first_result.set(),
@@ -316,13 +316,13 @@ def test_stop_finishes_what_was_read(triton_server, tmp_path):
 
     threading.Thread(target=stop_soon).start()
     total = pipeline.run().accounting
-    assert 0 < total.frames_read < 60 and total.results == total.faces == total.frames_read
+    assert 0 < total.frames_read < 200 and total.results == total.faces == total.frames_read
     assert total.faces_unfinished == total.frames_unfinished == 0 and total.balanced
     assert all(s.status == "stopped" for s in pipeline.stats.cameras.values())
 
 
 def test_ctrl_c_on_the_command(triton_server, tmp_path):
-    video = write_video(tmp_path / "hall.avi", draw_faces(60, FRAME, seed=8)[0])
+    video = write_video(tmp_path / "hall.avi", draw_faces(150, FRAME, seed=8)[0])  # 15 s at 10 fps
     out = tmp_path / "out.jsonl"
     fer_triton = Path(sys.executable).with_name("fer-triton")
     proc = subprocess.Popen([str(fer_triton), "stream", str(video), "-u", triton_server.grpc_url, "-d", "crops",
@@ -337,7 +337,7 @@ def test_ctrl_c_on_the_command(triton_server, tmp_path):
     assert "stopped early (Ctrl-C)" in err and "every face accounted for: yes" in err
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     frames = [x["frame"] for x in face_lines(lines)]
-    assert frames == list(range(len(frames))) and 0 < len(frames) < 60
+    assert frames == list(range(len(frames))) and 0 < len(frames) < 150
     assert lines[-1] == {**lines[-1], "camera": "hall", "event": "ended", "message": "stopped"}
 
 
