@@ -25,7 +25,8 @@ from conftest import pytorch_probabilities
 from fer_triton.cli import cli
 from fer_triton.client import StreamConfig, StreamPipeline, parse_source, parse_sources
 from fer_triton.client.faces import Box, DetectorUnavailable, HaarDetector, crop_face, make_detector
-from fer_triton.client.servers import NoServerError
+from fer_triton.client.grpc_client import FerServerError
+from fer_triton.client.servers import Backoff, NoServerError, ServerPool, is_retryable
 from fer_triton.client.sources import BadFrame, Frame, FrameSource, SourceSpec
 from fer_triton.images import to_wire
 from fer_triton.server import free_port
@@ -409,6 +410,22 @@ def test_bad_arguments_are_named():
         StreamConfig(live_drop="sometimes").check()
     with pytest.raises(ValueError, match="unknown face detector 'yolo'"):
         StreamPipeline(parse_sources(["x.mp4"]), "127.0.0.1:1", config=StreamConfig(detector="yolo"))
+
+
+def test_server_pool_benches_failing_servers_with_growing_backoff():
+    pool = ServerPool(["127.0.0.1:1", "127.0.0.1:2"], backoff=Backoff(initial_s=0.5, max_s=2.0), reconnect_after=2)
+    a, b = pool.servers
+    assert [pool.pick().url for _ in range(4)] == [a.url, b.url, a.url, b.url]  # round robin
+    unavailable = FerServerError("refused", "StatusCode.UNAVAILABLE")
+    pool.failed(a, unavailable)
+    assert [pool.pick().url for _ in range(3)] == [b.url] * 3  # failover while a is benched
+    pool.failed(a, unavailable)  # second failure in a row: longer bench, new channel
+    assert a.reconnects == 1 and 0.9 < a.benched_until - time.monotonic() <= 1.0
+    pool.failed(b, unavailable)
+    assert pool.pick() is None and 0.4 < pool.next_ready_in() <= 0.5  # b comes back first
+    assert [Backoff(0.1, 2.0).delay(n) for n in (1, 2, 3, 6)] == [0.1, 0.2, 0.4, 2.0]
+    assert not is_retryable(FerServerError("bad input", "StatusCode.INVALID_ARGUMENT"))
+    pool.close()
 
 
 def test_no_server_is_a_clear_error(tmp_path):
