@@ -122,31 +122,28 @@ def _timed(run) -> dict:
             "p95_ms": round(run.percentile_ms(95), 1), "p99_ms": round(run.percentile_ms(99), 1)}
 
 
-def _baselines(cfg, checkpoint, repos, faces_by_batch, echo) -> list[dict]:
-    rows = []
-    for precision in PRECISIONS:  # the first exported repository of each precision
-        repo = next((repos[v] for v in cfg.variants if parse_variant(v)[0] == precision), None)
-        if repo is None:
-            continue
-        pipeline = OrtPipeline(repo, threads=cfg.threads)
-        for b in cfg.batch_sizes:
-            run = measure("onnxruntime", precision, pipeline, faces_by_batch[b], duration_s=cfg.duration_s,
-                          min_calls=cfg.min_requests)
-            rows.append({"engine": "onnxruntime in-process", "precision": precision, "batch_size": b,
-                         "calls": run.calls, "cpu_ms_per_face": round(run.cpu_ms_per_face, 1), **_timed(run)})
-            echo(f"  onnxruntime {precision} batch {b}: {run.faces_per_s:.1f} faces/s")
-        del pipeline
+def _eager(cfg, checkpoint, faces_by_batch, echo) -> list[dict]:
     eager = TorchEager(checkpoint, threads=cfg.threads)
+    rows = []
     for b in cfg.batch_sizes:
         run = measure("pytorch", "fp32", eager, faces_by_batch[b], duration_s=cfg.duration_s, min_calls=cfg.min_requests)
         rows.append({"engine": "pytorch eager", "precision": "fp32", "batch_size": b, "calls": run.calls,
                      "cpu_ms_per_face": round(run.cpu_ms_per_face, 1), **_timed(run)})
         echo(f"  pytorch eager batch {b}: {run.faces_per_s:.1f} faces/s")
-    del eager
     return rows
 
 
-def _serve_variant(cfg, variant, repo, faces_by_batch, load, echo) -> dict:
+def _ort_row(cfg, variant, pipeline, faces, echo) -> dict:
+    precision = parse_variant(variant)[0]
+    run = measure("onnxruntime", precision, pipeline, faces, duration_s=cfg.duration_s, min_calls=cfg.min_requests)
+    echo(f"  onnxruntime in-process, {variant} graphs, batch {len(faces)}: {run.faces_per_s:.1f} faces/s")
+    return {"engine": "onnxruntime in-process", "precision": precision, "variant": variant, "batch_size": len(faces),
+            "calls": run.calls, "cpu_ms_per_face": round(run.cpu_ms_per_face, 1), **_timed(run)}
+
+
+def _serve_variant(cfg, variant, repo, faces_by_batch, load, echo, inprocess: list[dict]) -> dict:
+    """Serve one variant; at each batch size, time the same graphs in-process just before the served
+    points, so that each served/in-process pair sees the same machine load."""
     from fer_triton.client import FerClient
     from fer_triton.server import TritonServer, free_port
 
@@ -160,9 +157,12 @@ def _serve_variant(cfg, variant, repo, faces_by_batch, load, echo) -> dict:
         check = faces_by_batch[max(cfg.batch_sizes)]
         with FerClient(server.grpc_url) as client:
             served = client.infer(check).probabilities
-        out["served_vs_inprocess_max_abs_diff"] = float(np.max(np.abs(served - OrtPipeline(repo)(check))))
+        pipeline = OrtPipeline(repo, threads=cfg.threads)
+        out["served_vs_inprocess_max_abs_diff"] = float(np.max(np.abs(served - pipeline(check))))
         peak: list[memory.ProcessMemory] = []
         for b in cfg.batch_sizes:
+            if cfg.baselines:
+                inprocess.append(_ort_row(cfg, variant, pipeline, faces_by_batch[b], echo))
             for c in cfg.concurrency:
                 before, cpu = metrics.scrape(server.metrics_url), memory.tree_cpu_seconds(server.pid)
                 run = load.run(server.grpc_url, "cafe", faces_by_batch[b], c, duration_s=cfg.duration_s,
@@ -234,28 +234,22 @@ def run_benchmark(cfg: BenchConfig, echo: Callable[[str], None] = print) -> dict
     faces_by_batch = {b: draw_faces(b, 224, seed=cfg.seed + b)[0] for b in cfg.batch_sizes}
     result["inprocess"] = []
     if cfg.baselines:
-        echo("in-process baselines")
-        result["inprocess"] = _baselines(cfg, checkpoint, repos, faces_by_batch, echo)
-    echo("served through Triton gRPC")
+        echo("PyTorch eager baseline")
+        result["inprocess"] = _eager(cfg, checkpoint, faces_by_batch, echo)
+    echo("served through Triton gRPC (each beside onnxruntime in-process on the same graphs)")
     result["served"] = []
     with ServedLoad() as load:
         for variant in cfg.variants:
-            result["served"].append(_serve_variant(cfg, variant, repos[variant], faces_by_batch, load, echo))
+            result["served"].append(_serve_variant(cfg, variant, repos[variant], faces_by_batch, load, echo,
+                                                   result["inprocess"]))
     result["targets"] = targets(result)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
 
-def _best_served(result: dict, precision: str, layout: str | None, batch: int) -> tuple[float, str, dict] | None:
-    best = None
-    for served in result["served"]:
-        p, l = parse_variant(served["variant"])
-        if p != precision or (layout and l != layout):
-            continue
-        for point in served["points"]:
-            if point["batch_size"] == batch and (best is None or point["faces_per_s"] > best[0]):
-                best = (point["faces_per_s"], f"{served['variant']} c={point['concurrency']}", point)
-    return best
+def _best_point(served: dict, batch: int) -> dict | None:
+    points = [p for p in served["points"] if p["batch_size"] == batch]
+    return max(points, key=lambda p: p["faces_per_s"]) if points else None
 
 
 def _served_cpu(point: dict) -> float | None:
@@ -264,26 +258,34 @@ def _served_cpu(point: dict) -> float | None:
 
 
 def targets(result: dict) -> dict:
-    """The two goals of issue #7, as ratios measured in this run (None where not measured)."""
+    """The two goals of issue #7, as ratios measured in this run (absent where not measured).
+
+    served vs in-process: each variant's best served point against the same graphs in-process,
+    timed just before it. int8 vs fp32: the best served points of the same layout when both exist.
+    CPU time per face is given beside every ratio: it moves much less than wall time with load.
+    """
     batch = 16 if 16 in result["settings"]["batch_sizes"] else max(result["settings"]["batch_sizes"])
-    out: dict = {"batch_size": batch}
-    rows = {r["precision"]: r for r in result["inprocess"]
-            if r["engine"].startswith("onnxruntime") and r["batch_size"] == batch}
-    ort = {p: r["faces_per_s"] for p, r in rows.items()}
-    for precision in PRECISIONS:
-        served = _best_served(result, precision, None, batch)
-        if served and ort.get(precision):
-            out[f"served_{precision}_vs_inprocess"] = {
-                "ratio": round(served[0] / ort[precision], 3), "served": served[0], "served_by": served[1],
-                "inprocess": ort[precision], "goal": ">= 0.9",
-                # CPU time per face: what serving costs beyond the model, barely moved by other load
-                "served_cpu_ms_per_face": _served_cpu(served[2]),
-                "inprocess_cpu_ms_per_face": rows[precision].get("cpu_ms_per_face")}
-    fp32, int8 = _best_served(result, "fp32", None, batch), _best_served(result, "int8", None, batch)
-    if fp32 and int8:
-        agreement = next((e.get("top1_agreement_vs_fp32") for v, e in result["exports"].items()
-                          if parse_variant(v)[0] == "int8"), None)
-        out["served_int8_vs_fp32"] = {"ratio": round(int8[0] / fp32[0], 3), "int8": int8[0], "int8_by": int8[1],
-                                      "fp32": fp32[0], "fp32_by": fp32[1], "top1_agreement": agreement,
-                                      "goal": ">= 2.0 at >= 0.99 agreement"}
+    out: dict = {"batch_size": batch, "served_vs_inprocess": {}}
+    best = {s["variant"]: _best_point(s, batch) for s in result["served"]}
+    for variant, point in best.items():
+        ort = next((r for r in result["inprocess"] if r.get("variant") == variant and r["batch_size"] == batch), None)
+        if point and ort:
+            out["served_vs_inprocess"][variant] = {
+                "ratio": round(point["faces_per_s"] / ort["faces_per_s"], 3), "served": point["faces_per_s"],
+                "concurrency": point["concurrency"], "inprocess": ort["faces_per_s"], "goal": ">= 0.9",
+                "served_cpu_ms_per_face": _served_cpu(point), "inprocess_cpu_ms_per_face": ort["cpu_ms_per_face"]}
+    by_layout = {}
+    for variant, point in best.items():
+        if point:
+            by_layout.setdefault(parse_variant(variant)[1], {})[parse_variant(variant)[0]] = (variant, point)
+    pairs = [v for v in by_layout.values() if len(v) == 2]
+    if pairs:
+        (fp32_variant, fp32), (int8_variant, int8) = pairs[-1]["fp32"], pairs[-1]["int8"]
+        agreement = result["exports"].get(int8_variant, {}).get("top1_agreement_vs_fp32")
+        fp32_cpu, int8_cpu = _served_cpu(fp32), _served_cpu(int8)
+        out["served_int8_vs_fp32"] = {
+            "ratio": round(int8["faces_per_s"] / fp32["faces_per_s"], 3), "int8": int8["faces_per_s"],
+            "int8_variant": int8_variant, "fp32": fp32["faces_per_s"], "fp32_variant": fp32_variant,
+            "cpu_ratio": round(fp32_cpu / int8_cpu, 3) if fp32_cpu and int8_cpu else None,
+            "top1_agreement": agreement, "goal": ">= 2.0 at >= 0.99 agreement"}
     return out

@@ -26,7 +26,8 @@ def format_report(result: dict) -> str:
             rows.append([f"served {served['variant']}", p["batch_size"], p["concurrency"], p["faces_per_s"],
                          p["p50_ms"], p["p95_ms"], p["p99_ms"], cpu, p["errors"]])
     for r in result["inprocess"]:
-        rows.append([f"{r['engine']} {r['precision']}", r["batch_size"], "-", r["faces_per_s"], r["p50_ms"],
+        name = f"onnxruntime in-process {r['variant']}" if "variant" in r else f"{r['engine']} {r['precision']}"
+        rows.append([name, r["batch_size"], "-", r["faces_per_s"], r["p50_ms"],
                      r["p95_ms"], r["p99_ms"], r.get("cpu_ms_per_face", "-"), "-"])
     parts.append(_table(["path", "batch", "conc", "faces/s", "p50 ms", "p95 ms", "p99 ms", "cpu ms/face", "errors"],
                         rows)
@@ -66,10 +67,12 @@ def format_report(result: dict) -> str:
             parts.append(f"{variant}: top-1 agreement with fp32 {e['top1_agreement_vs_fp32']:.2%} on "
                          f"{e['agreement_faces']} drawn faces (random weights), max |dp| {e['max_abs_diff_vs_fp32']:.1e}")
     t = result["targets"]
-    for key, goal in t.items():
-        if isinstance(goal, dict):
-            parts.append(f"target {key}: {goal['ratio']:.2f}x (goal {goal['goal']}) " + json.dumps(
-                {k: v for k, v in goal.items() if k not in ('ratio', 'goal')}))
+    goals = [(f"served {v} vs in-process (batch {t['batch_size']})", g) for v, g in t["served_vs_inprocess"].items()]
+    if "served_int8_vs_fp32" in t:
+        goals.append((f"served int8 vs fp32 (batch {t['batch_size']})", t["served_int8_vs_fp32"]))
+    for name, goal in goals:
+        parts.append(f"target {name}: {goal['ratio']:.2f}x (goal {goal['goal']}) " + json.dumps(
+            {k: v for k, v in goal.items() if k not in ("ratio", "goal")}))
     parts.append(f"took {result['seconds']:.0f}s")
     return "\n\n".join(parts)
 

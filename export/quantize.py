@@ -18,6 +18,8 @@ graph would run slower than FP32 on x86 hosts (including those with AVX512-BF16)
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -190,9 +192,10 @@ def _quantize_static(src: Path, dst: Path, preprocess: Path, faces: np.ndarray) 
     # widen every step, which removed the top-1 flips that min/max calibration caused on ViT-B/32
     # (measured on 256 drawn faces). All convs are INT8: keeping only the first one in FP32 made
     # the whole backbone about 1.8x slower (a layout change around the one float conv).
-    quantize_static(str(src), str(dst), _PixelBatches(preprocess, faces), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.Percentile)
+    with contextlib.redirect_stdout(io.StringIO()):  # the percentile calibrator prints its progress
+        quantize_static(str(src), str(dst), _PixelBatches(preprocess, faces), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.Percentile)
     return f"static INT8 (QDQ), per-channel weights, percentile-calibrated on {len(faces)} drawn faces"
 
 
