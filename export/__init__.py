@@ -1,9 +1,7 @@
 """Export a CAFE checkpoint to validated ONNX models and a Triton model repository.
 
-Installed as ``fer_triton.export``.
+Installed as ``fer_triton.export``. Modules: ``exporter`` (the whole export), ``onnx_export``
+(per-stage ONNX + validation), ``repository`` (CPU-flavour configs), ``gpu`` / ``tensorrt`` /
+``precision`` (GPU flavour), ``quantize`` (faster CPU export). Nothing heavy is imported here, so
+the CLI starts fast.
 """
-
-from fer_triton.export.onnx_export import ExportValidationError, StageReport, export_onnx_stages
-from fer_triton.export.repository import RepositoryLayout, write_repository
-
-__all__ = ["ExportValidationError", "StageReport", "export_onnx_stages", "RepositoryLayout", "write_repository"]
