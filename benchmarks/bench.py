@@ -95,6 +95,21 @@ def _checkpoint(cfg: BenchConfig, echo: Callable[[str], None]) -> Path:
     return path
 
 
+def _export_metadata(repo: Path) -> dict:
+    """What an earlier export recorded in the ensemble's config (precision and INT8 agreement)."""
+    import json
+
+    from fer_triton.export.repository import parse_config
+
+    meta = json.loads(parse_config(repo / "cafe" / "config.pbtxt").parameters["fer_triton"].string_value or "{}")
+    out = {}
+    if "top1_agreement_vs_fp32" in meta:
+        out.update(top1_agreement_vs_fp32=meta["top1_agreement_vs_fp32"],
+                   agreement_faces=int(str(meta.get("agreement_faces", "0")).split()[0]),
+                   quantization=meta.get("quantization"))
+    return out
+
+
 def _export(cfg: BenchConfig, checkpoint: Path, variant: str, echo) -> tuple[Path, dict]:
     from fer_triton.export.exporter import export_checkpoint
 
@@ -102,7 +117,7 @@ def _export(cfg: BenchConfig, checkpoint: Path, variant: str, echo) -> tuple[Pat
     repo = Path(cfg.workdir) / "repositories" / variant
     if cfg.reuse_exports and (repo / "cafe" / "config.pbtxt").is_file():
         echo(f"  {variant}: reusing {repo}")
-        return repo, {"reused": True}
+        return repo, {"reused": True, **_export_metadata(repo)}
     start = time.perf_counter()
     result = export_checkpoint(checkpoint, repo, overwrite=True, precision=precision, fused=layout == "fused",
                                max_batch_size=64)
