@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -69,7 +69,8 @@ class BenchConfig:
             raise BenchError("no served variant to measure")
         bad = [b for b in self.batch_sizes if not 1 <= b <= 64]
         if bad or not self.batch_sizes:
-            raise BenchError(f"batch sizes must be 1..64 (the repository's max_batch_size), got {list(self.batch_sizes)}")
+            raise BenchError("batch sizes must be 1..64 (the repository's max_batch_size), "
+                             f"got {list(self.batch_sizes)}")
         if not self.concurrency or min(self.concurrency) < 1:
             raise BenchError(f"concurrency levels must be >= 1, got {list(self.concurrency)}")
         if self.duration_s <= 0 or self.min_requests < 1:
@@ -141,7 +142,8 @@ def _eager(cfg, checkpoint, faces_by_batch, echo) -> list[dict]:
     eager = TorchEager(checkpoint, threads=cfg.threads)
     rows = []
     for b in cfg.batch_sizes:
-        run = measure("pytorch", "fp32", eager, faces_by_batch[b], duration_s=cfg.duration_s, min_calls=cfg.min_requests)
+        run = measure("pytorch", "fp32", eager, faces_by_batch[b], duration_s=cfg.duration_s,
+                      min_calls=cfg.min_requests)
         rows.append({"engine": "pytorch eager", "precision": "fp32", "batch_size": b, "calls": run.calls,
                      "cpu_ms_per_face": round(run.cpu_ms_per_face, 1), **_timed(run)})
         echo(f"  pytorch eager batch {b}: {run.faces_per_s:.1f} faces/s")
@@ -194,7 +196,8 @@ def _serve_variant(cfg, variant, repo, faces_by_batch, load, echo, inprocess: li
                          "seconds": round(run.seconds, 3),
                          "client_rss_mb": round(run.client_rss_mb, 1), **_timed(run),
                          "server_cpu_ms_per_face": round(1000.0 * cpu / served_faces, 1) if served_faces else None,
-                         "client_cpu_ms_per_face": round(1000.0 * run.client_cpu_s / run.faces, 1) if run.faces else None,
+                         "client_cpu_ms_per_face": (round(1000.0 * run.client_cpu_s / run.faces, 1)
+                                                    if run.faces else None),
                          "triton": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in asdict(m).items()}
                                     for m in times]}
                 if run.errors:

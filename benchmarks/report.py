@@ -46,13 +46,15 @@ def format_report(result: dict) -> str:
             parts.append(f"perf_analyzer on {s['variant']} failed: {s['perf_analyzer']['error']}")
 
     triton = []
+    busiest = (max(result["settings"]["batch_sizes"]), max(result["settings"]["concurrency"]))
     for s in result["served"]:
         for p in s["points"]:
-            if p["batch_size"] == max(result["settings"]["batch_sizes"]) and p["concurrency"] == max(result["settings"]["concurrency"]):
+            if (p["batch_size"], p["concurrency"]) == busiest:
                 for t in p["triton"]:
                     triton.append([s["variant"], t["model"], t["version"], t["requests"],
                                    round(t["faces"] / max(t["executions"], 1), 1),
-                                   t["queue_ms"], t["compute_infer_ms"], round(t["compute_input_ms"] + t["compute_output_ms"], 2)])
+                                   t["queue_ms"], t["compute_infer_ms"],
+                                   round(t["compute_input_ms"] + t["compute_output_ms"], 2)])
     if triton:
         parts.append("Triton's view (per request, busiest point):\n" + _table(
             ["variant", "model", "ver", "requests", "faces/exec", "queue ms", "infer ms", "in+out ms"], triton))

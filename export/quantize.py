@@ -168,7 +168,8 @@ def _prepare(src: Path, dst: Path) -> Path:
                 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)):
             weight = numpy_helper.to_array(constants[node.input[1]])
             name = f"{node.input[1]}.matmul"
-            graph.initializer.append(numpy_helper.from_array(weight.T.copy() if attrs.get("transB", 0) else weight, name))
+            weight = weight.T.copy() if attrs.get("transB", 0) else weight
+            graph.initializer.append(numpy_helper.from_array(weight, name))
             product = f"{node.output[0]}.matmul"
             keep.append(helper.make_node("MatMul", [node.input[0], name], [product], name=f"{node.name}.MatMul"))
             keep.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}.Add")

@@ -168,7 +168,10 @@ def test_fused_backbone_graph_computes_what_the_staged_graphs_do(tiny_repository
 
     staged = {s: tiny_repository / f"cafe_{s}" / "1" / "model.onnx" for s in ("preprocess", "clip_encoder", "mask_net")}
     fused = fuse_backbone(staged["preprocess"], staged["clip_encoder"], staged["mask_net"], tmp_path / "backbone.onnx")
-    run = lambda path, feeds: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)  # noqa: E731
+
+    def run(path, feeds):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+
     faces, _ = draw_faces(3, 224, seed=4)
     clip_features, mask_logits = run(fused, {"faces": faces})
     (pixels,) = run(staged["preprocess"], {"faces": faces})
