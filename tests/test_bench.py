@@ -179,3 +179,16 @@ def test_fused_backbone_graph_computes_what_the_staged_graphs_do(tiny_repository
     np.testing.assert_allclose(mask_logits, run(staged["mask_net"], {"pixels": pixels})[0], atol=1e-5)
     with pytest.raises(ValueError, match="expected one input named 'pixels'"):
         fuse_backbone(staged["preprocess"], staged["preprocess"], staged["mask_net"], tmp_path / "bad.onnx")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-b", "0"], "batch sizes must be 1..64"),
+    (["-b", "a,b"], "expected comma-separated integers"),
+    (["--variants", "int4-fused"], "unknown served variant 'int4-fused'"),
+])
+def test_bench_command_names_bad_options(args, message, tmp_path):
+    from fer_triton.cli import cli
+
+    result = CliRunner().invoke(cli, ["bench", "--model-size", "tiny", "-w", str(tmp_path), *args])
+    assert result.exit_code != 0 and message in result.output
+    assert not any(tmp_path.iterdir())  # refused before building or exporting anything
