@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import IO
 
 import numpy as np
@@ -47,8 +47,9 @@ def _percentile(values, q: float) -> float | None:
 
 
 @dataclass
-class CameraStats:
-    camera: str
+class Counters:
+    """What happened to frames and faces; every frame read and every face found lands in one bucket."""
+
     frames_read: int = 0
     frames_dropped: int = 0
     frames_bad: int = 0
@@ -60,6 +61,14 @@ class CameraStats:
     results: int = 0
     errors: int = 0
     faces_unfinished: int = 0
+
+
+COUNTERS = tuple(f.name for f in fields(Counters))
+
+
+@dataclass
+class CameraStats(Counters):
+    camera: str = ""
     status: str = "running"     # "running", "ended", or what stopped the camera
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=4096), repr=False)
 
@@ -67,25 +76,9 @@ class CameraStats:
         return _percentile(self.latencies_ms, q)
 
 
-COUNTERS = ("frames_read", "frames_dropped", "frames_bad", "frames_no_face", "frames_with_faces",
-            "frames_unfinished", "faces", "faces_sent", "results", "errors", "faces_unfinished")
-
-
 @dataclass
-class Accounting:
+class Accounting(Counters):
     """Totals over all cameras."""
-
-    frames_read: int = 0
-    frames_dropped: int = 0
-    frames_bad: int = 0
-    frames_no_face: int = 0
-    frames_with_faces: int = 0
-    frames_unfinished: int = 0
-    faces: int = 0
-    faces_sent: int = 0
-    results: int = 0
-    errors: int = 0
-    faces_unfinished: int = 0
 
     @property
     def balanced(self) -> bool:
@@ -102,7 +95,7 @@ class StreamStats:
 
     def __init__(self, cameras: list[str]):
         self.started = time.monotonic()
-        self.cameras = {c: CameraStats(c) for c in cameras}
+        self.cameras = {c: CameraStats(camera=c) for c in cameras}
         self.retries = 0
         # Where the time goes, in ms per item: "read" (decode a frame), "detect" (find + crop faces),
         # "request" (one gRPC round trip, server queue + compute + transfer).
