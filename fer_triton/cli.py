@@ -66,24 +66,18 @@ def serve(repository, host, grpc_port, http_port, metrics_port, log_file, log_ve
 
 
 def _register_commands() -> None:
+    # Each command lives beside the library it drives; those modules import heavy packages lazily.
+    from fer_triton.bench import bench
     from fer_triton.client.cli import infer
     from fer_triton.client.stream_cli import stream
     from fer_triton.demo import demo
     from fer_triton.export.cli import export
     from fer_triton.export.gpu_cli import build_trt, check_precision, gpu_configs
+    from fer_triton.retrain.cli import drift, retrain, rollback
     from fer_triton.train.cli import evaluate, explain, train
 
-    for command in (export, infer, demo, stream, train, evaluate, explain):
-        cli.add_command(command)
-    cli.add_command(build_trt)
-    cli.add_command(check_precision)
-    cli.add_command(gpu_configs)
-    from fer_triton.bench import bench
-
-    cli.add_command(bench)
-    from fer_triton.retrain.cli import drift, retrain, rollback
-
-    for command in (retrain, rollback, drift):
+    for command in (demo, export, serve, infer, stream, retrain, rollback, drift, train, evaluate, explain,
+                    build_trt, check_precision, gpu_configs, bench):
         cli.add_command(command)
 
 
