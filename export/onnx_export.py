@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fer_triton.model import CAFE, Preprocess
+from fer_triton.model import CAFE, Head, Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,15 @@ class StageReport:
         return max(self.max_abs_diff.values())
 
 
-class _HeadGraph(nn.Module):
-    """Head stage with plain tuple outputs for ONNX."""
+class HeadGraph(nn.Module):
+    """The head stage as an ONNX graph: initializers keep the names head.fc.weight / head.fc.bias.
 
-    def __init__(self, model: CAFE):
+    Also used by retrain to publish new head versions with the same graph layout.
+    """
+
+    def __init__(self, head: Head):
         super().__init__()
-        self.head = model.head
+        self.head = head
 
     def forward(self, clip_features, mask_logits):
         return self.head(clip_features, mask_logits)
@@ -81,7 +84,7 @@ def stage_specs(model: CAFE, wire_size: int, names: dict[str, str]) -> list[Stag
         StageSpec(names["preprocess"], preprocess, ("faces",), ("pixels",), faces),
         StageSpec(names["clip_encoder"], model.clip, ("pixels",), ("clip_features",), pixels),
         StageSpec(names["mask_net"], model.mask_net, ("pixels",), ("mask_logits",), pixels),
-        StageSpec(names["head"], _HeadGraph(model), ("clip_features", "mask_logits"),
+        StageSpec(names["head"], HeadGraph(model.head), ("clip_features", "mask_logits"),
                   ("masked_features", "logits", "probabilities"), head_inputs),
     ]
 

@@ -32,7 +32,7 @@ import torch
 from tritonclient.utils import InferenceServerException
 
 from fer_triton.client import FerClient
-from fer_triton.export.onnx_export import StageSpec, export_stage
+from fer_triton.export.onnx_export import HeadGraph, StageSpec, export_stage
 from fer_triton.export.repository import RUNNER_SOURCE, RepositoryLayout
 from fer_triton.model import Head
 from fer_triton.retrain.fit import LinearHead
@@ -136,15 +136,6 @@ def read_head(onnx_path: Path) -> LinearHead:
     return LinearHead(weights[0], biases[0])
 
 
-class _HeadGraph(torch.nn.Module):
-    def __init__(self, head: Head):
-        super().__init__()
-        self.head = head  # same attribute path as export's graph: initializers head.fc.weight/bias
-
-    def forward(self, clip_features, mask_logits):
-        return self.head(clip_features, mask_logits)
-
-
 def export_head(head: LinearHead, path: Path, name: str) -> float:
     """Write ``head`` as the head stage's ONNX graph, validated against PyTorch; returns max |diff|."""
     module = Head(in_features=head.weight.shape[1], num_classes=head.weight.shape[0])
@@ -156,7 +147,7 @@ def export_head(head: LinearHead, path: Path, name: str) -> float:
         return torch.randn(batch, head.weight.shape[1], generator=gen), \
             torch.relu(torch.randn(batch, head.weight.shape[1], generator=gen))
 
-    spec = StageSpec(name, _HeadGraph(module), ("clip_features", "mask_logits"),
+    spec = StageSpec(name, HeadGraph(module), ("clip_features", "mask_logits"),
                      ("masked_features", "logits", "probabilities"), sample)
     return export_stage(spec, path).worst
 
