@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fer_triton.export.precision import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_TOP1_AGREEMENT
-from fer_triton.export.repository import RepositoryLayout, _signatures, _tensor, config_text
+from fer_triton.export.repository import VERSIONED_STAGES, RepositoryLayout, _signatures, _tensor, config_text
 
 if TYPE_CHECKING:
     from fer_triton.export.precision import PrecisionReport
@@ -69,7 +69,7 @@ class GPUOptions:
     gpus: tuple[int, ...] = ()             # empty: every visible GPU gets `instances` instances
     trt_cache_path: str = "/tmp/fer-triton-trt-cache"   # must be writable in the container
     trt_workspace_bytes: int = 4 << 30
-    head_versions: int = 2                 # keep the previous head loaded (instant rollback)
+    head_versions: int = 2                 # keep the previous head and mask net loaded (instant rollback)
     default_variant: str = "gpu"           # config.pbtxt of a GPU-only repository
     # FP16 check at export (see precision.py): faces compared and what must hold.
     check_faces: int = 32
@@ -136,7 +136,7 @@ def _base_config(stage: str, model_name: str, wire_size: int, num_classes: int, 
                                               gpus=list(opts.gpus))],
         model_warmup=_warmup(inputs, [b for b in opts.warmup_batch_sizes if b <= max_batch_size]),
     )
-    if stage == "head":
+    if stage in VERSIONED_STAGES:
         cfg.version_policy.latest.num_versions = opts.head_versions
     return cfg
 

@@ -64,16 +64,30 @@ class HeadGraph(nn.Module):
         return self.head(clip_features, mask_logits)
 
 
-def stage_specs(model: CAFE, wire_size: int, names: dict[str, str]) -> list[StageSpec]:
-    """The four graphs of the ensemble, with sample inputs shaped as Triton will feed them."""
-    preprocess = Preprocess()
-
+def _sample_faces(wire_size: int):
     def faces(batch, gen):
         return (torch.randint(0, 256, (batch, wire_size, wire_size, 3), dtype=torch.uint8, generator=gen),)
+    return faces
+
+
+def _sample_pixels(wire_size: int):
+    preprocess, faces = Preprocess(), _sample_faces(wire_size)
 
     def pixels(batch, gen):
         # Realistic pixel statistics: normalised random images, not unit Gaussians.
         return (preprocess(faces(batch, gen)[0]),)
+    return pixels
+
+
+def mask_net_spec(mask_net: nn.Module, name: str, wire_size: int = 224) -> StageSpec:
+    """The mask-net stage alone (also used by retrain to publish a fine-tuned mask net)."""
+    return StageSpec(name, mask_net, ("pixels",), ("mask_logits",), _sample_pixels(wire_size))
+
+
+def stage_specs(model: CAFE, wire_size: int, names: dict[str, str]) -> list[StageSpec]:
+    """The four graphs of the ensemble, with sample inputs shaped as Triton will feed them."""
+    preprocess = Preprocess()
+    faces, pixels = _sample_faces(wire_size), _sample_pixels(wire_size)
 
     def head_inputs(batch, gen):
         px = pixels(batch, gen)[0]
@@ -83,7 +97,7 @@ def stage_specs(model: CAFE, wire_size: int, names: dict[str, str]) -> list[Stag
     return [
         StageSpec(names["preprocess"], preprocess, ("faces",), ("pixels",), faces),
         StageSpec(names["clip_encoder"], model.clip, ("pixels",), ("clip_features",), pixels),
-        StageSpec(names["mask_net"], model.mask_net, ("pixels",), ("mask_logits",), pixels),
+        mask_net_spec(model.mask_net, names["mask_net"], wire_size),
         StageSpec(names["head"], HeadGraph(model.head), ("clip_features", "mask_logits"),
                   ("masked_features", "logits", "probabilities"), head_inputs),
     ]

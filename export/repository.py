@@ -86,6 +86,10 @@ def _tensor(cls, name, dtype, dims, **extra):
 # (measured with `fer-triton bench`, see docs/benchmarks.md).
 SINGLE_THREAD_STAGES = ("preprocess", "head")
 
+# Stages retrain can publish new versions of: the previous version stays loaded, so a publish can
+# switch the ensemble in one step and a rollback is instant.
+VERSIONED_STAGES = ("mask_net", "head")
+
 
 def stage_config(stage: str, model_name: str, wire_size: int, num_classes: int, *,
                  max_batch_size: int, threads: int, instances: int = 1,
@@ -105,8 +109,7 @@ def stage_config(stage: str, model_name: str, wire_size: int, num_classes: int, 
         threads = 1
     cfg.parameters["intra_op_threads"].string_value = str(threads)
     cfg.parameters["onnx_file"].string_value = "model.onnx"
-    if stage == "head":
-        # Keep the previous head loaded too: retrain publishes N+1, rollback is instant.
+    if stage in VERSIONED_STAGES:
         cfg.version_policy.latest.num_versions = head_versions
     return cfg
 

@@ -22,10 +22,13 @@ def _errors():
     from fer_triton.client import FerServerError
     from fer_triton.clip_loader import CLIPWeightsUnavailable
     from fer_triton.retrain.drift import DriftError
+    from fer_triton.retrain.pins import PinError
     from fer_triton.retrain.publish import PublishError
+    from fer_triton.retrain.mask_finetune import MaskFineTuneError
     from fer_triton.retrain.site_data import SiteDataError
 
-    return (SiteDataError, PublishError, DriftError, FerServerError, CLIPWeightsUnavailable, ValueError, OSError)
+    return (SiteDataError, MaskFineTuneError, PublishError, PinError, DriftError, FerServerError,
+            CLIPWeightsUnavailable, ValueError, OSError)
 
 
 def _log(verbose: bool) -> None:
@@ -50,17 +53,34 @@ def _log(verbose: bool) -> None:
               help="Report folder (default: retrain-reports/<date-time>).")
 @click.option("-b", "--batch-size", default=32, show_default=True, help="Faces per gRPC request.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the held-out split.")
+@click.option("--fine-tune-mask", is_flag=True,
+              help="Also fine-tune the mask network (torch + the trained checkpoint) and publish it with the head.")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="With --fine-tune-mask: the checkpoint the served mask net came from (default: the recorded one).")
+@click.option("--mask-epochs", default=3, show_default=True, help="With --fine-tune-mask: epochs over the site images.")
+@click.option("--mask-lr", default=1e-4, show_default=True, help="With --fine-tune-mask: Adam learning rate.")
+@click.option("--device", default="auto", show_default=True,
+              help="With --fine-tune-mask: torch device (auto = CUDA when available, cpu, cuda:1...).")
+@click.option("--save-checkpoint", type=click.Path(path_type=Path),
+              help="With --fine-tune-mask: where to save the fine-tuned checkpoint (default: <report>/fine_tuned.pt).")
 @_verbose
 def retrain(data, url, model, repository, holdout, l2, init, clip_weights, force, no_publish, report_dir,
-            batch_size, seed, verbose):
+            batch_size, seed, fine_tune_mask, checkpoint, mask_epochs, mask_lr, device, save_checkpoint, verbose):
     """Fit a new head on a site's labelled images and publish it to the running server (no restart)."""
+    from fer_triton.retrain.mask_finetune import MaskFineTuneOptions
     from fer_triton.retrain.pipeline import RetrainOptions, retrain as run
 
     _log(verbose)
     report_dir = report_dir or Path("retrain-reports") / time.strftime("%Y%m%d-%H%M%S")
+    mask_only = {"--checkpoint": checkpoint, "--save-checkpoint": save_checkpoint}
+    if not fine_tune_mask and any(mask_only.values()):
+        raise click.UsageError(f"{', '.join(k for k, v in mask_only.items() if v)} only apply with --fine-tune-mask")
+    mask = MaskFineTuneOptions(checkpoint=checkpoint, epochs=mask_epochs, lr=mask_lr, device=device,
+                               save_checkpoint=save_checkpoint or report_dir / "fine_tuned.pt") \
+        if fine_tune_mask else None
     options = RetrainOptions(holdout=holdout, l2=l2, init=init, zero_shot_weights=clip_weights, force=force,
                              publish=not no_publish, batch_size=batch_size, seed=seed,
-                             progress=sys.stderr.isatty(), report_dir=report_dir)
+                             progress=sys.stderr.isatty(), report_dir=report_dir, mask=mask)
     click.echo(f"retraining the head of '{model}' at {url} on {data}")
     try:
         result = run(data, url, repository, model=model, options=options)
@@ -80,20 +100,22 @@ def retrain(data, url, model, repository, holdout, l2, init, clip_weights, force
 @_repository
 @_verbose
 def rollback(url, model, repository, verbose):
-    """Serve the previous head version again (the newest goes to <repository>.archive/), no restart."""
+    """Serve the previous head version again (the newest goes to <repository>.archive/), no restart.
+
+    A head published with a fine-tuned mask net rolls back together with that mask net."""
     from fer_triton.client import FerClient
     from fer_triton.export.repository import RepositoryLayout
-    from fer_triton.retrain.publish import HeadVersions, rollback_head
+    from fer_triton.retrain.pair_publish import rollback as run
+    from fer_triton.retrain.publish import StageVersions
 
     _log(verbose)
-    heads = HeadVersions(repository, RepositoryLayout(model))
+    layout = RepositoryLayout(model)
     try:
         with FerClient(url, model) as client:
-            old, new = rollback_head(client, heads)
+            result = run(client, repository, layout)
     except _errors() as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{heads.name}: version {old} taken out of service (kept in {heads.archive_dir}); "
-               f"version {new} is served")
+    click.echo(result.describe(StageVersions(repository, layout), StageVersions(repository, layout, "mask_net")))
 
 
 def _parse_limits(pairs) -> dict[str, float]:
@@ -131,13 +153,13 @@ def drift(images, jsonl, url, model, repository, reference, write_reference, lim
     from fer_triton.client import FerClient
     from fer_triton.export.repository import RepositoryLayout
     from fer_triton.retrain.drift import REFERENCE_FILE, DriftReference, check_drift, read_jsonl, sample_from_images
-    from fer_triton.retrain.publish import HeadVersions, check_serving
+    from fer_triton.retrain.publish import StageVersions, check_serving
 
     _log(verbose)
     if bool(images) == bool(jsonl):
         raise click.UsageError("give either --images or --jsonl (the recent sample)")
     limits = _parse_limits(limits)
-    heads = HeadVersions(repository, RepositoryLayout(model))
+    heads = StageVersions(repository, RepositoryLayout(model))
     try:
         if images:
             with FerClient(url, model) as client:

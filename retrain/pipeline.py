@@ -18,7 +18,9 @@ from fer_triton.retrain.compare import Comparison, compare_heads
 from fer_triton.retrain.drift import MIN_SAMPLE, REFERENCE_FILE, DriftReference, SiteSample
 from fer_triton.retrain.features import extract_features
 from fer_triton.retrain.fit import LinearHead, fit_head
-from fer_triton.retrain.publish import HeadVersions, PublishError, check_serving, publish_head, read_head
+from fer_triton.retrain.mask_finetune import (FineTunedMask, MaskFineTuneOptions, check_layout, check_matches_served,
+                                              fine_tune_mask, load_mask_net, resolve_checkpoint)
+from fer_triton.retrain.publish import PublishError, StageVersions, check_serving, publish_head, read_head
 from fer_triton.retrain.report import write_report
 from fer_triton.retrain.site_data import holdout_split, read_site
 
@@ -39,6 +41,7 @@ class RetrainOptions:
     seed: int = 0
     progress: bool = True
     report_dir: Path | None = None
+    mask: MaskFineTuneOptions | None = None   # also fine-tune the mask net (needs torch + the checkpoint)
 
 
 @dataclass
@@ -50,13 +53,17 @@ class RetrainResult:
     decision: str
     report: Path | None
     timings: dict[str, float] = field(default_factory=dict)
+    fine_tuned: FineTunedMask | None = None           # with --fine-tune-mask
+    head_only: Comparison | None = None               # with --fine-tune-mask: the head fitted alone
+    serving_mask_version: int | None = None
+    published_mask_version: int | None = None
 
     @property
     def refused(self) -> bool:
         return self.published_version is None and self.comparison.new_is_worse
 
 
-def _starting_head(options: RetrainOptions, client: FerClient, heads: HeadVersions, serving: int,
+def _starting_head(options: RetrainOptions, client: FerClient, heads: StageVersions, serving: int,
                    train_features: np.ndarray) -> LinearHead | None:
     if options.init == "zeros":
         return None
@@ -75,14 +82,21 @@ def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = 
             options: RetrainOptions = RetrainOptions()) -> RetrainResult:
     if options.init not in INITS:
         raise ValueError(f"init must be one of {', '.join(INITS)}, not {options.init!r}")
+    if options.mask is not None:
+        options.mask.validate()
     timings: dict[str, float] = {}
     t = time.perf_counter()
     site = read_site(data)
     train, held = holdout_split(site.labels, options.holdout, options.seed)  # fails early on tiny classes
-    heads = HeadVersions(Path(repository), RepositoryLayout(model))
+    layout = RepositoryLayout(model)
+    heads = StageVersions(Path(repository), layout)
+    masks = StageVersions(Path(repository), layout, "mask_net")
     with FerClient(url, model) as client:
         serving = check_serving(client, heads)
+        tuner = _MaskTuner.prepare(client, masks, options.mask) if options.mask is not None else None
         faces = site.read_faces(client.info().wire_size)
+        if tuner:  # before the long feature pass: a wrong checkpoint fails in seconds
+            tuner.check(faces[:4])
         timings["read images"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -95,23 +109,39 @@ def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = 
         head = fit_head(x[train], y[train], l2=options.l2, init=init, seed=options.seed)
         timings["fit"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        comparison = compare_heads(y[held], features.probabilities[held].argmax(1), head.predict(x[held]))
-        timings["compare"] = time.perf_counter() - t
+        serving_predicted = features.probabilities[held].argmax(1)
+        head_only = compare_heads(y[held], serving_predicted, head.predict(x[held]))
+        comparison, tuned = head_only, None
+        if tuner:
+            t = time.perf_counter()
+            tuned = tuner.fine_tune(faces, x, y, train, head, options)
+            timings["fine-tune mask net"] = time.perf_counter() - t
+            comparison = compare_heads(y[held], serving_predicted, tuned.head.predict(tuned.masked_features[held]))
+        what = "the new mask net + head" if tuned else "the new head"
 
-        published = None
+        published = published_mask = None
         if not options.publish:
             decision = f"not published (--no-publish): {comparison.summary()}"
         elif comparison.new_is_worse and not options.force:
-            decision = (f"REFUSED: the new head is worse than serving version {serving}: {comparison.summary()}; "
+            decision = (f"REFUSED: {what} is worse than serving version {serving}: {comparison.summary()}; "
                         "pass --force to publish it anyway")
         else:
             t = time.perf_counter()
-            published = _publish(client, heads, head, site, features, faces, held, comparison, options)
+            if tuned:
+                published_mask, published = _publish_pair(client, masks, heads, tuned, site, faces, held,
+                                                           comparison, options)
+            else:
+                published = _publish(client, heads, head, site, features, faces, held, comparison, options)
             timings["publish"] = time.perf_counter() - t
             forced = " (forced: it is worse)" if comparison.new_is_worse else ""
-            decision = f"published as {heads.name} version {published}{forced}, replacing version {serving}: " \
-                       f"{comparison.summary()}"
+            if tuned:
+                decision = (f"published as {masks.name} version {published_mask} + {heads.name} version {published}"
+                            f"{forced}, replacing versions {tuner.serving} + {serving}: {comparison.summary()}")
+            else:
+                decision = (f"published as {heads.name} version {published}{forced}, replacing version {serving}: "
+                            f"{comparison.summary()}")
+        if tuned:
+            decision += f" (the head fitted alone scored {head_only.new.accuracy:.1%})"
 
     report = None
     if options.report_dir is not None:
@@ -119,9 +149,48 @@ def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = 
                    "serving version before": str(serving), "starting head": options.init, "l2": str(options.l2),
                    "held-out share": str(options.holdout),
                    "classes without site images": ", ".join(site.missing_classes) or "none"}
+        if tuned:
+            details.update(tuner.details(tuned, head_only))
         report = write_report(options.report_dir, comparison=comparison, decision=decision, counts=site.counts(),
                               details=details, timings=timings)
-    return RetrainResult(comparison, head, serving, published, decision, report, timings)
+    return RetrainResult(comparison, tuned.head if tuned else head, serving, published, decision, report, timings,
+                         fine_tuned=tuned, head_only=head_only if tuned else None,
+                         serving_mask_version=tuner.serving if tuner else None,
+                         published_mask_version=published_mask)
+
+
+class _MaskTuner:
+    """--fine-tune-mask: the checks made before any work, the fine-tune, and what the report says of it."""
+
+    def __init__(self, client: FerClient, masks: StageVersions, serving: int, options: MaskFineTuneOptions):
+        self.masks, self.serving, self.options = masks, serving, options
+        self.checkpoint_path = resolve_checkpoint(options.checkpoint, client, masks, serving)
+        self.base, self.net = load_mask_net(self.checkpoint_path)
+        self.match = None
+
+    @classmethod
+    def prepare(cls, client: FerClient, masks: StageVersions, options: MaskFineTuneOptions) -> "_MaskTuner":
+        check_layout(client.info().metadata, client.model)
+        return cls(client, masks, check_serving(client, masks), options)
+
+    def check(self, faces: np.ndarray) -> None:
+        onnx_path = self.masks.version_dir(self.serving) / "model.onnx"
+        self.match = check_matches_served(self.net, faces, onnx_path, self.options.match_atol, self.checkpoint_path)
+
+    def fine_tune(self, faces, masked, labels, train, head, options: RetrainOptions) -> FineTunedMask:
+        return fine_tune_mask(self.net, self.base, self.checkpoint_path, faces, masked, labels, train, head,
+                              self.options, l2=options.l2, seed=options.seed, progress=options.progress)
+
+    def details(self, tuned: FineTunedMask, head_only: Comparison) -> dict[str, str]:
+        last = tuned.history[-1]
+        return {
+            "mask net": f"fine-tuned from {self.checkpoint_path} (served version {self.serving}; checkpoint vs "
+                        f"served mask logits {self.match:.2g}), {self.options.epochs} epoch(s), lr {self.options.lr:g}, "
+                        f"last epoch loss {last['loss']:.4f} (CE {last['ce']:.4f}, div {last['div']:.4f}, "
+                        f"sep {last['sep']:.4f}), train accuracy {last['accuracy']:.1%}",
+            "fine-tuned checkpoint": str(tuned.saved_to) if tuned.saved_to else "not saved",
+            "head fitted alone (serving mask net)": f"held-out accuracy {head_only.new.accuracy:.1%}",
+        }
 
 
 def _publish(client, heads, head, site, features, faces, held, comparison, options) -> int:
@@ -147,3 +216,32 @@ def _publish(client, heads, head, site, features, faces, held, comparison, optio
             "forced": bool(comparison.new_is_worse)}
     return publish_head(client, heads, head, info=info, extra_files=extra,
                         verify=served_equals_new_head)
+
+
+def _publish_pair(client, masks, heads, tuned: FineTunedMask, site, faces, held, comparison, options):
+    from fer_triton.retrain.pair_publish import publish_mask_and_head
+
+    new_probabilities = tuned.head.probabilities(tuned.masked_features)
+    extra = {}
+    if len(site) >= MIN_SAMPLE:
+        reference = DriftReference.from_sample(SiteSample(new_probabilities, tuned.masked_features),
+                                               source=f"retrain --fine-tune-mask on {site.source}")
+        extra[REFERENCE_FILE] = reference.save
+    check = held[:8]
+
+    def served_equals_new_pair():
+        served = client.infer(faces[check]).probabilities
+        diff = float(np.abs(served - new_probabilities[check]).max())
+        if diff > 1e-4:
+            raise PublishError(f"the served probabilities differ from the new mask net + head's by {diff:.3g}")
+
+    mask_record = {"fer_triton": __version__, "checkpoint": str(tuned.saved_to) if tuned.saved_to else None,
+                   "fine_tuned_from": str(tuned.base_checkpoint.resolve()), "site_data": str(site.source),
+                   "history": tuned.history}
+    head_info = {"fer_triton": __version__, "site_data": str(site.source), "images": len(site),
+                 "held_out": comparison.held_out, "init": options.init, "l2": options.l2,
+                 "accuracy_serving": comparison.serving.accuracy, "accuracy_new": comparison.new.accuracy,
+                 "forced": bool(comparison.new_is_worse)}
+    return publish_mask_and_head(client, masks, heads, tuned.mask_net, tuned.head, wire_size=client.info().wire_size,
+                                 mask_record=mask_record, head_info=head_info, extra_files=extra,
+                                 verify=served_equals_new_pair)

@@ -36,10 +36,13 @@ from fer_triton.export.onnx_export import HeadGraph, StageSpec, export_stage
 from fer_triton.export.repository import RUNNER_SOURCE, RepositoryLayout
 from fer_triton.model import Head
 from fer_triton.retrain.fit import LinearHead
+from fer_triton.retrain.pins import check_unpinned
 
 log = logging.getLogger(__name__)
 
 HEAD_INFO = "head_info.json"
+MASK_INFO = "mask_info.json"
+VERSION_INFO = {"head": HEAD_INFO, "mask_net": MASK_INFO}
 
 
 class PublishError(RuntimeError):
@@ -47,15 +50,17 @@ class PublishError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class HeadVersions:
-    """The head model's version folders on disk, and the archive beside the repository."""
+class StageVersions:
+    """One versioned stage's folders on disk (the head by default, or the mask net), and its archive
+    beside the repository."""
 
     repository: Path
     layout: RepositoryLayout = RepositoryLayout()
+    stage: str = "head"
 
     @property
     def name(self) -> str:
-        return self.layout.stages["head"]
+        return self.layout.stages[self.stage]
 
     @property
     def model_dir(self) -> Path:
@@ -69,7 +74,8 @@ class HeadVersions:
     def on_disk(self) -> list[int]:
         if not (self.model_dir / "config.pbtxt").is_file():
             raise PublishError(f"{self.model_dir} is not a model folder (no config.pbtxt): is {self.repository} "
-                               f"the repository the server runs, exported with prefix '{self.layout.prefix}'?")
+                               f"the repository the server runs, exported with prefix '{self.layout.prefix}'"
+                               f"{' and the staged layout' if self.stage == 'mask_net' else ''}?")
         return sorted(int(p.name) for p in self.model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
     def newest(self) -> int:
@@ -86,10 +92,32 @@ class HeadVersions:
     def version_dir(self, version: int) -> Path:
         return self.model_dir / str(version)
 
+    def info(self, version: int) -> dict:
+        """The JSON record a publish wrote into the version folder ({} for an exported version)."""
+        path = self.version_dir(version) / VERSION_INFO[self.stage]
+        return json.loads(path.read_text()) if path.is_file() else {}
+
     def archive(self, version: int, why: str) -> Path:
         self.archive_dir.mkdir(parents=True, exist_ok=True)
         target = self.archive_dir / f"{version}-{why}-{time.strftime('%Y%m%d-%H%M%S')}"
         shutil.move(str(self.version_dir(version)), str(target))
+        return target
+
+    def write_version(self, version: int, fill: Callable[[Path], None]) -> Path:
+        """Build version folder ``version`` with ``fill`` beside the repository, then move it in whole:
+        a server (re)start never sees a half-written version."""
+        self.archive_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".staging-", dir=self.archive_dir) as tmp:
+            staged = Path(tmp) / str(version)
+            staged.mkdir()
+            fill(staged)
+            target = self.version_dir(version)
+            if target.exists():  # another publish got there first: never write into a version in use
+                raise PublishError(f"{target} appeared while publishing: is another retrain running?")
+            try:
+                staged.rename(target)                      # atomic on one filesystem
+            except OSError:
+                shutil.move(str(staged), str(target))      # the repository is a mount of its own
         return target
 
 
@@ -102,8 +130,9 @@ def served_versions(client: FerClient, model: str) -> list[int]:
     return sorted(int(m["version"]) for m in index if m.get("name") == model and m.get("state") == "READY")
 
 
-def check_serving(client: FerClient, heads: HeadVersions) -> int:
-    """The head version being served; raise PublishError unless the server runs this repository's head."""
+def check_serving(client: FerClient, heads: StageVersions) -> int:
+    """The stage's version being served (the newest on disk); raise PublishError unless the server runs
+    this repository's versions of it."""
     try:
         ensemble_ready = client.triton.is_model_ready(client.model)
     except InferenceServerException as exc:
@@ -152,14 +181,31 @@ def export_head(head: LinearHead, path: Path, name: str) -> float:
     return export_stage(spec, path).worst
 
 
-def _load(client: FerClient, name: str) -> None:
+def load_model(client: FerClient, name: str) -> None:
     try:
         client.triton.load_model(name)
     except InferenceServerException as exc:
         raise PublishError(f"Triton could not load {name}: {exc.message()}") from exc
 
 
-def publish_head(client: FerClient, heads: HeadVersions, head: LinearHead, *, info: dict,
+def write_head_version(heads: StageVersions, version: int, head: LinearHead, *, previous: int, info: dict,
+                       extra_files: dict[str, Callable[[Path], None]] | None = None) -> Path:
+    """Version folder ``version`` of the head: validated ONNX graph, python-backend runner, head_info.json
+    (+ ``extra_files``: file name -> writer, e.g. the drift reference)."""
+
+    def fill(folder: Path) -> None:
+        diff = export_head(head, folder / "model.onnx", heads.name)
+        shutil.copyfile(RUNNER_SOURCE, folder / "model.py")
+        for file_name, write in (extra_files or {}).items():
+            write(folder / file_name)
+        record = {"version": version, "previous_version": previous,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "onnx_max_abs_diff": diff, **info}
+        (folder / HEAD_INFO).write_text(json.dumps(record, indent=2, default=jsonable))
+
+    return heads.write_version(version, fill)
+
+
+def publish_head(client: FerClient, heads: StageVersions, head: LinearHead, *, info: dict,
                  extra_files: dict[str, Callable[[Path], None]] | None = None,
                  verify: Callable[[], None] | None = None) -> int:
     """Write ``head`` as version N+1, load it, check it is served; return N+1.
@@ -168,29 +214,11 @@ def publish_head(client: FerClient, heads: HeadVersions, head: LinearHead, *, in
     load (raise to refuse): on any failure the new version is archived and version N is served again.
     """
     serving = check_serving(client, heads)
+    check_unpinned(heads.repository, heads.layout)
     version = heads.next_version()
-    heads.archive_dir.mkdir(parents=True, exist_ok=True)
-    # Build the version folder beside the repository, then move it in whole: a server (re)start
-    # never sees a half-written version.
-    with tempfile.TemporaryDirectory(prefix=".staging-", dir=heads.archive_dir) as tmp:
-        staged = Path(tmp) / str(version)
-        staged.mkdir()
-        diff = export_head(head, staged / "model.onnx", heads.name)
-        shutil.copyfile(RUNNER_SOURCE, staged / "model.py")
-        for file_name, write in (extra_files or {}).items():
-            write(staged / file_name)
-        record = {"version": version, "previous_version": serving, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "onnx_max_abs_diff": diff, **info}
-        (staged / HEAD_INFO).write_text(json.dumps(record, indent=2, default=_jsonable))
-        target = heads.version_dir(version)
-        if target.exists():  # another publish got there first: never write into a version in use
-            raise PublishError(f"{target} appeared while publishing: is another retrain running?")
-        try:
-            staged.rename(target)                      # atomic on one filesystem
-        except OSError:
-            shutil.move(str(staged), str(target))      # the repository is a mount of its own
+    write_head_version(heads, version, head, previous=serving, info=info, extra_files=extra_files)
     try:
-        _load(client, heads.name)
+        load_model(client, heads.name)
         served = served_versions(client, heads.name)
         if not served or served[-1] != version:
             raise PublishError(f"after loading, the server serves {heads.name} versions {served}, not {version}")
@@ -199,7 +227,7 @@ def publish_head(client: FerClient, heads: HeadVersions, head: LinearHead, *, in
     except Exception as exc:
         archived = heads.archive(version, "failed")
         try:
-            _load(client, heads.name)
+            load_model(client, heads.name)
         except PublishError as again:
             raise PublishError(f"{exc}; and reloading version {serving} failed too: {again}") from exc
         raise PublishError(f"publishing {heads.name} version {version} failed, version {serving} is served "
@@ -208,12 +236,13 @@ def publish_head(client: FerClient, heads: HeadVersions, head: LinearHead, *, in
     return version
 
 
-def rollback_head(client: FerClient, heads: HeadVersions) -> tuple[int, int]:
+def rollback_head(client: FerClient, heads: StageVersions) -> tuple[int, int]:
     """Take the newest head version out of service (into the archive) and serve the previous one.
 
     Returns (version taken out, version now served).
     """
     serving = check_serving(client, heads)
+    check_unpinned(heads.repository, heads.layout)
     versions = heads.on_disk()
     if len(versions) < 2:
         raise PublishError(f"{heads.model_dir} holds only version {serving}: there is no previous version "
@@ -221,10 +250,10 @@ def rollback_head(client: FerClient, heads: HeadVersions) -> tuple[int, int]:
     previous = versions[-2]
     archived = heads.archive(serving, "rolled-back")
     try:
-        _load(client, heads.name)
+        load_model(client, heads.name)
     except PublishError:
         shutil.move(str(archived), str(heads.version_dir(serving)))  # put it back as it was
-        _load(client, heads.name)
+        load_model(client, heads.name)
         raise
     served = served_versions(client, heads.name)
     if not served or served[-1] != previous:
@@ -233,7 +262,7 @@ def rollback_head(client: FerClient, heads: HeadVersions) -> tuple[int, int]:
     return serving, previous
 
 
-def _jsonable(value):
+def jsonable(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, (np.floating, np.integer)):

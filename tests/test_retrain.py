@@ -6,7 +6,6 @@ only show that a head fitted on a site's features beats the untrained serving he
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -21,45 +20,15 @@ from fer_triton.retrain.fit import LinearHead, class_weights, fit_head
 from fer_triton.retrain.pipeline import RetrainOptions, retrain
 from fer_triton.retrain.publish import export_head, read_head
 from fer_triton.retrain.site_data import SiteDataError, holdout_split, read_site
-from fer_triton.synthetic import SiteShift, draw_site, write_site
+from fer_triton.synthetic import draw_site, write_site
+from live_clients import SITE_SHIFT, Hammer
 
-SITE_SHIFT = SiteShift(brightness=0.8, colour_cast=(1.1, 1.0, 0.85), noise=2.0)
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """A SYNTHETIC site: 7 classes x 16 drawn faces through a site shift, as class folders."""
     return write_site(tmp_path_factory.mktemp("site") / "site", 16, SITE_SHIFT, seed=1)
-
-
-class Hammer:
-    """Client threads sending requests until stopped; records every error and when each request ended."""
-
-    def __init__(self, url: str, threads: int = 2):
-        self.faces, _ = draw_site(1, SITE_SHIFT, seed=7)
-        self.errors: list[str] = []
-        self.finished: list[float] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(url,)) for _ in range(threads)]
-
-    def _run(self, url):
-        with FerClient(url) as client:
-            while not self._stop.is_set():
-                try:
-                    client.infer(self.faces[:4])
-                    self.finished.append(time.monotonic())
-                except Exception as exc:  # any failure during the swap is what this test looks for
-                    self.errors.append(repr(exc))
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join()
 
 
 def _served(url, faces):
@@ -302,13 +271,13 @@ def test_zero_shot_head_from_tiny_clip_text_tower_with_random_weights():
 
 
 def test_a_head_triton_cannot_load_or_that_fails_verification_is_taken_out_again(repository_copy, server_factory):
-    from fer_triton.retrain.publish import HeadVersions, PublishError, publish_head
+    from fer_triton.retrain.publish import StageVersions, PublishError, publish_head
 
     server = server_factory(repository_copy)
     url = server.grpc_url
     probe, _ = draw_site(1, seed=4)
     before = _served(url, probe).probabilities
-    heads = HeadVersions(repository_copy)
+    heads = StageVersions(repository_copy)
     head = LinearHead(np.random.default_rng(0).normal(0, 0.1, (7, 512)), np.zeros(7))
     broken_onnx = {"model.onnx": lambda path: path.write_bytes(b"not an onnx graph")}  # real load failure
     with FerClient(url) as client:

@@ -1,0 +1,67 @@
+"""Version pins in the ensemble's config: which version of each composing model a step calls.
+
+In steady state every step asks for ``model_version: -1`` (the newest ready version), so publishing
+a head is one ``load_model``. Publishing a mask net together with a head pins both steps for the
+few seconds of the switch (retrain/pair_publish.py), then goes back to -1. A config left pinned
+(a publish killed halfway) is reported, never silently overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from fer_triton.export.repository import RepositoryLayout, config_text
+
+
+class PinError(RuntimeError):
+    """The ensemble config cannot be read, or pins versions when it should not."""
+
+
+def ensemble_config_path(repository: Path, layout: RepositoryLayout) -> Path:
+    return Path(repository) / layout.ensemble / "config.pbtxt"
+
+
+def _read(path: Path) -> mc.ModelConfig:
+    try:
+        return text_format.Parse(path.read_text(), mc.ModelConfig())
+    except (OSError, text_format.ParseError) as exc:
+        raise PinError(f"cannot read the ensemble config {path}: {exc}") from exc
+
+
+def read_pins(repository: Path, layout: RepositoryLayout) -> dict[str, int]:
+    """{model name: pinned version} for the steps that do not ask for the newest version (-1)."""
+    cfg = _read(ensemble_config_path(repository, layout))
+    return {step.model_name: step.model_version for step in cfg.ensemble_scheduling.step if step.model_version != -1}
+
+
+def write_pins(repository: Path, layout: RepositoryLayout, pins: dict[str, int]) -> None:
+    """Pin the named steps to the given versions and every other step to -1 (``{}`` unpins all).
+
+    The file is replaced atomically: Triton (re)reads it only on ``load_model``.
+    """
+    path = ensemble_config_path(repository, layout)
+    cfg = _read(path)
+    steps = {step.model_name for step in cfg.ensemble_scheduling.step}
+    unknown = sorted(set(pins) - steps)
+    if unknown:
+        raise PinError(f"the ensemble {layout.ensemble} has no step calling {', '.join(unknown)}")
+    for step in cfg.ensemble_scheduling.step:
+        step.model_version = pins.get(step.model_name, -1)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(config_text(cfg))
+    os.replace(tmp, path)
+
+
+def check_unpinned(repository: Path, layout: RepositoryLayout) -> None:
+    """Raise PinError when a step is pinned: a new version published now would not be served."""
+    pins = read_pins(repository, layout)
+    if pins:
+        where = ensemble_config_path(repository, layout)
+        raise PinError(
+            f"{where} pins " + ", ".join(f"{name} to version {v}" for name, v in sorted(pins.items()))
+            + " (a mask-net publish or rollback was interrupted?): check which versions should be served, "
+            f"set those steps' model_version back to -1 and load '{layout.ensemble}' again")
