@@ -29,6 +29,7 @@ import torch
 
 from fer_triton.checkpoint import CAFECheckpoint, CheckpointError
 from fer_triton.client import FerClient
+from fer_triton.devices import resolve_device
 from fer_triton.model import Head, MaskNet, Preprocess
 from fer_triton.retrain.fit import LinearHead, fit_head
 from fer_triton.retrain.publish import StageVersions
@@ -62,15 +63,7 @@ class MaskFineTuneOptions:
         self.torch_device()
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError as exc:
-            raise ValueError(f"device {self.device!r} is not a torch device (cpu, cuda, cuda:1...)") from exc
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} asked for, but torch sees no CUDA GPU here")
-        return device
+        return resolve_device(self.device)
 
 
 @dataclass
@@ -179,7 +172,8 @@ def fine_tune_mask(net: MaskNet, base: CAFECheckpoint, base_path: Path, faces: n
     options.validate()
     device = options.torch_device()
     started = time.perf_counter()
-    clip = recover_clip_features(served_masked, mask_logits(net, faces, batch_size=options.batch_size))
+    clip = recover_clip_features(served_masked, mask_logits(copy.deepcopy(net), faces, batch_size=options.batch_size,
+                                                            device=device))
 
     torch.manual_seed(seed)
     tuned = copy.deepcopy(net).to(device).train()
@@ -224,8 +218,9 @@ def fine_tune_mask(net: MaskNet, base: CAFECheckpoint, base_path: Path, faces: n
         log.info("mask fine-tune epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in record.items()))
     bar.close()
 
+    logits = mask_logits(tuned, faces, batch_size=options.batch_size, device=device)
     tuned = tuned.cpu().eval()
-    masked = clip * (1.0 / (1.0 + np.exp(-mask_logits(tuned, faces, batch_size=options.batch_size))))
+    masked = clip * (1.0 / (1.0 + np.exp(-logits)))
     masked = masked.astype(np.float32)
     joint = LinearHead(head.fc.weight.detach().cpu().numpy(), head.fc.bias.detach().cpu().numpy())
     new_head = fit_head(masked[train], labels[train], l2=l2, init=joint, seed=seed)

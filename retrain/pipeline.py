@@ -127,11 +127,9 @@ def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = 
                         "pass --force to publish it anyway")
         else:
             t = time.perf_counter()
-            if tuned:
-                published_mask, published = _publish_pair(client, masks, heads, tuned, site, faces, held,
-                                                           comparison, options)
-            else:
-                published = _publish(client, heads, head, site, features, faces, held, comparison, options)
+            new_head, new_features = (tuned.head, tuned.masked_features) if tuned else (head, x)
+            published_mask, published = _publish(client, heads, masks, new_head, new_features, tuned, site, faces,
+                                                  held, comparison, options)
             timings["publish"] = time.perf_counter() - t
             forced = " (forced: it is worse)" if comparison.new_is_worse else ""
             if tuned:
@@ -193,55 +191,37 @@ class _MaskTuner:
         }
 
 
-def _publish(client, heads, head, site, features, faces, held, comparison, options) -> int:
-    new_probabilities = head.probabilities(features.masked_features)
+def _publish(client, heads, masks, head: LinearHead, masked_features: np.ndarray, tuned: FineTunedMask | None,
+             site, faces, held, comparison, options) -> tuple[int | None, int]:
+    """Publish the new head (and the fine-tuned mask net with it); returns (mask version or None, head version)."""
+    from fer_triton.retrain.pair_publish import publish_mask_and_head
+
+    what = "mask net + head" if tuned else "head"
+    new_probabilities = head.probabilities(masked_features)
     extra = {}
-    if len(site) >= MIN_SAMPLE:  # the drift reference: this site as the new head sees it
-        reference = DriftReference.from_sample(SiteSample(new_probabilities, features.masked_features),
-                                               source=f"retrain on {site.source}")
+    if len(site) >= MIN_SAMPLE:  # the drift reference: this site as the new model sees it
+        reference = DriftReference.from_sample(SiteSample(new_probabilities, masked_features),
+                                               source=f"retrain{' --fine-tune-mask' if tuned else ''} on {site.source}")
         extra[REFERENCE_FILE] = reference.save
     else:
         log.warning("only %d site images: no drift reference written (needs %d)", len(site), MIN_SAMPLE)
     check = held[:8]
 
-    def served_equals_new_head():
+    def served_equals_new_model():
         served = client.infer(faces[check]).probabilities
         diff = float(np.abs(served - new_probabilities[check]).max())
         if diff > 1e-4:
-            raise PublishError(f"the served probabilities differ from the new head's by {diff:.3g}")
+            raise PublishError(f"the served probabilities differ from the new {what}'s by {diff:.3g}")
 
     info = {"fer_triton": __version__, "site_data": str(site.source), "images": len(site),
             "held_out": comparison.held_out, "init": options.init, "l2": options.l2,
             "accuracy_serving": comparison.serving.accuracy, "accuracy_new": comparison.new.accuracy,
             "forced": bool(comparison.new_is_worse)}
-    return publish_head(client, heads, head, info=info, extra_files=extra,
-                        verify=served_equals_new_head)
-
-
-def _publish_pair(client, masks, heads, tuned: FineTunedMask, site, faces, held, comparison, options):
-    from fer_triton.retrain.pair_publish import publish_mask_and_head
-
-    new_probabilities = tuned.head.probabilities(tuned.masked_features)
-    extra = {}
-    if len(site) >= MIN_SAMPLE:
-        reference = DriftReference.from_sample(SiteSample(new_probabilities, tuned.masked_features),
-                                               source=f"retrain --fine-tune-mask on {site.source}")
-        extra[REFERENCE_FILE] = reference.save
-    check = held[:8]
-
-    def served_equals_new_pair():
-        served = client.infer(faces[check]).probabilities
-        diff = float(np.abs(served - new_probabilities[check]).max())
-        if diff > 1e-4:
-            raise PublishError(f"the served probabilities differ from the new mask net + head's by {diff:.3g}")
-
+    if not tuned:
+        return None, publish_head(client, heads, head, info=info, extra_files=extra, verify=served_equals_new_model)
     mask_record = {"fer_triton": __version__, "checkpoint": str(tuned.saved_to) if tuned.saved_to else None,
                    "fine_tuned_from": str(tuned.base_checkpoint.resolve()), "site_data": str(site.source),
                    "history": tuned.history}
-    head_info = {"fer_triton": __version__, "site_data": str(site.source), "images": len(site),
-                 "held_out": comparison.held_out, "init": options.init, "l2": options.l2,
-                 "accuracy_serving": comparison.serving.accuracy, "accuracy_new": comparison.new.accuracy,
-                 "forced": bool(comparison.new_is_worse)}
-    return publish_mask_and_head(client, masks, heads, tuned.mask_net, tuned.head, wire_size=client.info().wire_size,
-                                 mask_record=mask_record, head_info=head_info, extra_files=extra,
-                                 verify=served_equals_new_pair)
+    return publish_mask_and_head(client, masks, heads, tuned.mask_net, head, wire_size=client.info().wire_size,
+                                 mask_record=mask_record, head_info=info, extra_files=extra,
+                                 verify=served_equals_new_model)

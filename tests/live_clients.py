@@ -12,6 +12,12 @@ from fer_triton.synthetic import SiteShift, draw_site
 SITE_SHIFT = SiteShift(brightness=0.8, colour_cast=(1.1, 1.0, 0.85), noise=2.0)
 
 
+def served(url: str, faces):
+    """What the server at ``url`` returns for ``faces`` now (probabilities and masked features)."""
+    with FerClient(url) as client:
+        return client.infer(faces, with_features=True)
+
+
 class Hammer:
     """Client threads sending requests until stopped; records every error and when each request ended."""
 

@@ -28,18 +28,13 @@ from fer_triton.retrain.pins import PinError, check_unpinned, read_pins, write_p
 from fer_triton.retrain.pipeline import RetrainOptions, retrain
 from fer_triton.retrain.publish import StageVersions
 from fer_triton.synthetic import draw_site, write_site
-from live_clients import SITE_SHIFT, Hammer
+from live_clients import SITE_SHIFT, Hammer, served
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """A SYNTHETIC site: 7 classes x 8 drawn faces through a site shift, as class folders."""
     return write_site(tmp_path_factory.mktemp("mask-site") / "site", 8, SITE_SHIFT, seed=3)
-
-
-def _served(url, faces):
-    with FerClient(url) as client:
-        return client.infer(faces, with_features=True)
 
 
 def _versions(repository, model):
@@ -51,7 +46,7 @@ def test_fine_tuned_mask_net_and_head_switch_together_and_roll_back_together(
     server = server_factory(repository_copy)
     url = server.grpc_url
     probe, _ = draw_site(1, SITE_SHIFT, seed=11)
-    before = _served(url, probe)
+    before = served(url, probe)
     saved = tmp_path / "fine_tuned.pt"
     mask = MaskFineTuneOptions(epochs=2, batch_size=16, device="cpu", save_checkpoint=saved)
 
@@ -59,9 +54,9 @@ def test_fine_tuned_mask_net_and_head_switch_together_and_roll_back_together(
         result = retrain(site, url, repository_copy, options=RetrainOptions(
             progress=False, report_dir=tmp_path / "report", mask=mask))
         publish_window = (time.monotonic() - result.timings["publish"], time.monotonic())
-        after = _served(url, probe)
+        after = served(url, probe)
         rolled = CliRunner().invoke(cli, ["rollback", "-u", url, "-r", str(repository_copy)])
-        restored = _served(url, probe)
+        restored = served(url, probe)
 
     # Both published as version 2, switched together: the served outputs are the fine-tuned PyTorch
     # model's (CLIP from the checkpoint, new mask net, new head), end to end.
@@ -160,7 +155,7 @@ def test_an_older_mask_net_config_is_made_to_keep_two_versions(repository_copy):
     assert keep_two_versions(masks) == []
 
 
-def test_a_pair_that_fails_verification_is_taken_out_and_the_old_pair_served(repository_copy, server_factory,
+def test_a_pair_that_fails_verification_is_taken_out_and_the_old_pairserved(repository_copy, server_factory,
                                                                              tiny_checkpoint):
     from fer_triton.checkpoint import CAFECheckpoint
     from fer_triton.model import MaskNet
@@ -170,7 +165,7 @@ def test_a_pair_that_fails_verification_is_taken_out_and_the_old_pair_served(rep
 
     server = server_factory(repository_copy)
     probe, _ = draw_site(1, SITE_SHIFT, seed=4)
-    before = _served(server.grpc_url, probe)
+    before = served(server.grpc_url, probe)
     net = MaskNet()
     net.load_state_dict(CAFECheckpoint.load(tiny_checkpoint).mask_net)
     with torch.no_grad():
@@ -189,13 +184,13 @@ def test_a_pair_that_fails_verification_is_taken_out_and_the_old_pair_served(rep
     assert "refused by the test" in message
     assert _versions(repository_copy, "cafe_mask_net") == [1] and _versions(repository_copy, "cafe_head") == [1]
     assert read_pins(repository_copy, heads.layout) == {}
-    after = _served(server.grpc_url, probe)
+    after = served(server.grpc_url, probe)
     assert np.abs(after.probabilities - before.probabilities).max() < 1e-6
     assert np.abs(after.masked_features - before.masked_features).max() < 1e-6
     # Version numbers are never reused: the next publish is 3, and it is served.
     with FerClient(server.grpc_url) as client:
         assert publish_mask_and_head(client, masks, heads, net, head, wire_size=224, mask_record={},
                                      head_info={}) == (3, 3)
-    served = _served(server.grpc_url, probe)
-    np.testing.assert_allclose(served.probabilities, head.probabilities(served.masked_features), atol=1e-4)
-    assert np.abs(served.masked_features - before.masked_features).max() > 1e-3
+    now = served(server.grpc_url, probe)
+    np.testing.assert_allclose(now.probabilities, head.probabilities(now.masked_features), atol=1e-4)
+    assert np.abs(now.masked_features - before.masked_features).max() > 1e-3

@@ -21,7 +21,7 @@ from fer_triton.retrain.pipeline import RetrainOptions, retrain
 from fer_triton.retrain.publish import export_head, read_head
 from fer_triton.retrain.site_data import SiteDataError, holdout_split, read_site
 from fer_triton.synthetic import draw_site, write_site
-from live_clients import SITE_SHIFT, Hammer
+from live_clients import SITE_SHIFT, Hammer, served
 
 
 
@@ -31,27 +31,22 @@ def site(tmp_path_factory):
     return write_site(tmp_path_factory.mktemp("site") / "site", 16, SITE_SHIFT, seed=1)
 
 
-def _served(url, faces):
-    with FerClient(url) as client:
-        return client.infer(faces, with_features=True)
-
-
 def test_retrain_publishes_next_version_with_no_failed_request_and_rollback_restores(
         site, repository_copy, server_factory, tmp_path):
     server = server_factory(repository_copy)
     url = server.grpc_url
     probe, _ = draw_site(2, SITE_SHIFT, seed=11)
-    before = _served(url, probe)
+    before = served(url, probe)
 
     with Hammer(url) as hammer:
         result = retrain(site, url, repository_copy,
                          options=RetrainOptions(progress=False, report_dir=tmp_path / "report"))
         publish_window = (time.monotonic() - result.timings["publish"], time.monotonic())
-        after = _served(url, probe)
+        after = served(url, probe)
         published_files = {p.name for p in (repository_copy / "cafe_head" / "2").iterdir()}
         runner = CliRunner()
         rolled = runner.invoke(cli, ["rollback", "-u", url, "-r", str(repository_copy)])
-        restored = _served(url, probe)
+        restored = served(url, probe)
 
     # Published as version 2 and served by the ensemble: probabilities are the new head's.
     assert result.published_version == 2 and result.serving_version == 1
@@ -88,7 +83,7 @@ def test_worse_head_is_refused_unless_forced(site, repository_copy, server_facto
     assert good.exit_code == 0, good.output
     assert "published as cafe_head version 2" in good.output
     probe, _ = draw_site(1, SITE_SHIFT, seed=5)
-    serving = _served(url, probe).probabilities
+    serving = served(url, probe).probabilities
 
     # A huge L2 pull to zeros gives a head that cannot tell the classes apart: worse than version 2.
     worse = runner.invoke(cli, base + ["--l2", "1e4", "--report", str(tmp_path / "worse")])
@@ -96,13 +91,13 @@ def test_worse_head_is_refused_unless_forced(site, repository_copy, server_facto
     assert "REFUSED: the new head is worse than serving version 2" in worse.output
     assert "--force" in worse.output
     assert sorted(p.name for p in (repository_copy / "cafe_head").iterdir() if p.is_dir()) == ["1", "2"]
-    assert np.abs(_served(url, probe).probabilities - serving).max() < 1e-6
+    assert np.abs(served(url, probe).probabilities - serving).max() < 1e-6
     assert "REFUSED" in (tmp_path / "worse" / "report.md").read_text()
 
     forced = runner.invoke(cli, base + ["--l2", "1e4", "--force", "--report", str(tmp_path / "forced")])
     assert forced.exit_code == 0, forced.output
     assert "published as cafe_head version 3 (forced: it is worse)" in forced.output
-    assert np.abs(_served(url, probe).probabilities - serving).max() > 1e-3
+    assert np.abs(served(url, probe).probabilities - serving).max() > 1e-3
 
     # A zero-shot start (the served tiny CLIP's text tower, random weights) with --no-publish changes nothing.
     dry = runner.invoke(cli, base + ["--init", "zero-shot", "--no-publish", "--report", str(tmp_path / "dry")])
@@ -138,7 +133,7 @@ def test_retrain_errors_leave_the_serving_head_untouched(problem, message, trito
         repository = tmp_path / "elsewhere"
     elif problem == "no-server":
         url = "127.0.0.1:1"
-    before = _served(triton_server.grpc_url, draw_site(1, seed=3)[0]).probabilities
+    before = served(triton_server.grpc_url, draw_site(1, seed=3)[0]).probabilities
     result = CliRunner().invoke(cli, ["retrain", "--data", str(data), "-u", url, "-m", model,
                                       "-r", str(repository), "--report", str(tmp_path / "report")])
     assert result.exit_code == 1
@@ -147,7 +142,7 @@ def test_retrain_errors_leave_the_serving_head_untouched(problem, message, trito
     if problem == "unreadable":
         assert "broken.png" in result.output
     assert _head_versions(repository_copy) in (["1"], ["1", "2"])
-    np.testing.assert_array_equal(_served(triton_server.grpc_url, draw_site(1, seed=3)[0]).probabilities, before)
+    np.testing.assert_array_equal(served(triton_server.grpc_url, draw_site(1, seed=3)[0]).probabilities, before)
 
 
 # -- site data rules (no server) ---------------------------------------------------------------------
@@ -276,7 +271,7 @@ def test_a_head_triton_cannot_load_or_that_fails_verification_is_taken_out_again
     server = server_factory(repository_copy)
     url = server.grpc_url
     probe, _ = draw_site(1, seed=4)
-    before = _served(url, probe).probabilities
+    before = served(url, probe).probabilities
     heads = StageVersions(repository_copy)
     head = LinearHead(np.random.default_rng(0).normal(0, 0.1, (7, 512)), np.zeros(7))
     broken_onnx = {"model.onnx": lambda path: path.write_bytes(b"not an onnx graph")}  # real load failure
@@ -293,7 +288,7 @@ def test_a_head_triton_cannot_load_or_that_fails_verification_is_taken_out_again
     assert heads.on_disk() == [1]
     archived = sorted(p.name.split("-")[:2] for p in heads.archive_dir.iterdir())
     assert archived == [["2", "failed"], ["3", "failed"]]  # kept for inspection; numbers never reused
-    np.testing.assert_array_equal(_served(url, probe).probabilities, before)
+    np.testing.assert_array_equal(served(url, probe).probabilities, before)
 
     only_one = CliRunner().invoke(cli, ["rollback", "-u", url, "-r", str(repository_copy)])
     assert only_one.exit_code == 1 and "no previous version to roll back to" in only_one.output

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from fer_triton import clip_loader
 from fer_triton.checkpoint import CAFECheckpoint, build_untrained
+from fer_triton.devices import resolve_device
 from fer_triton.train import losses
 from fer_triton.train.augment import make_augment
 from fer_triton.train.datasets import FaceDataset, TorchFaces
@@ -83,15 +84,7 @@ class TrainConfig:
         self.torch_device()
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError as exc:
-            raise ValueError(f"device {self.device!r} is not a torch device (cpu, cuda, cuda:1...)") from exc
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} asked for, but torch sees no CUDA GPU here")
-        return device
+        return resolve_device(self.device)
 
     @property
     def clip_features_path(self) -> str:
