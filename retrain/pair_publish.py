@@ -113,8 +113,8 @@ def publish_mask_and_head(client: FerClient, masks: StageVersions, heads: StageV
                            info={**head_info, "mask_net_version": new_mask, "previous_mask_net_version": old_mask,
                                  "published_with_mask_net": True})
         written.append((heads, new_head))
+        switched = True  # from here on, undoing includes unpinning
         _switch(client, layout, repository, {masks.name: old_mask, heads.name: old_head})
-        switched = True
         load_model(client, masks.name)
         load_model(client, heads.name)
         _require_served(client, masks, old_mask, new_mask)
@@ -124,7 +124,8 @@ def publish_mask_and_head(client: FerClient, masks: StageVersions, heads: StageV
             verify()
         _switch(client, layout, repository, {})
     except Exception as exc:
-        kept = _undo(client, layout, repository, written, switched, (old_mask, old_head), exc)
+        kept = _undo(client, layout, repository, written, {masks.name: old_mask, heads.name: old_head} if switched
+                     else None, exc)
         raise PublishError(f"publishing {masks.name} version {new_mask} with {heads.name} version {new_head} "
                            f"failed; versions {old_mask} and {old_head} are served again"
                            + (f" (the new versions are kept in {', '.join(map(str, kept))})" if kept else "")
@@ -133,17 +134,16 @@ def publish_mask_and_head(client: FerClient, masks: StageVersions, heads: StageV
     return new_mask, new_head
 
 
-def _undo(client, layout, repository, written, switched, old_pair, cause) -> list[Path]:
-    """Serve the old pair again, archive what was written, unpin. Raises if the server cannot be restored."""
-    masks_heads = [versions for versions, _ in written]
+def _undo(client, layout, repository, written, old_pins, cause) -> list[Path]:
+    """Serve the old pair again (``old_pins``, None when the ensemble was never pinned), archive what was
+    written, unpin. Raises if the server cannot be restored."""
     try:
-        if switched:
-            names = [StageVersions(repository, layout, "mask_net").name, StageVersions(repository, layout).name]
-            _switch(client, layout, repository, dict(zip(names, old_pair)))
+        if old_pins:
+            _switch(client, layout, repository, old_pins)
         kept = [versions.archive(version, "failed") for versions, version in written]
-        for versions in masks_heads:
+        for versions, _ in written:
             load_model(client, versions.name)
-        if switched:
+        if old_pins:
             _switch(client, layout, repository, {})
         return kept
     except Exception as again:

@@ -155,8 +155,8 @@ def test_an_older_mask_net_config_is_made_to_keep_two_versions(repository_copy):
     assert keep_two_versions(masks) == []
 
 
-def test_a_pair_that_fails_verification_is_taken_out_and_the_old_pairserved(repository_copy, server_factory,
-                                                                             tiny_checkpoint):
+def test_a_failed_pair_is_taken_out_and_rollback_follows_what_was_published(repository_copy, server_factory,
+                                                                            tiny_checkpoint):
     from fer_triton.checkpoint import CAFECheckpoint
     from fer_triton.model import MaskNet
     from fer_triton.retrain.fit import LinearHead
@@ -194,3 +194,20 @@ def test_a_pair_that_fails_verification_is_taken_out_and_the_old_pairserved(repo
     now = served(server.grpc_url, probe)
     np.testing.assert_allclose(now.probabilities, head.probabilities(now.masked_features), atol=1e-4)
     assert np.abs(now.masked_features - before.masked_features).max() > 1e-3
+
+    # A head-only publish on top, then two rollbacks: first the head alone (mask net 3 stays), then
+    # the pair, back to what the export served.
+    from fer_triton.retrain.pair_publish import rollback
+    from fer_triton.retrain.publish import publish_head
+
+    other_head = LinearHead(head.weight[::-1].copy(), head.bias)
+    with FerClient(server.grpc_url) as client:
+        assert publish_head(client, heads, other_head, info={}) == 4
+        head_only = rollback(client, repository_copy)
+        assert (head_only.head_from, head_only.head_to, head_only.mask_from) == (4, 3, None)
+        np.testing.assert_allclose(served(server.grpc_url, probe).probabilities, now.probabilities, atol=1e-6)
+        pair = rollback(client, repository_copy)
+        assert (pair.head_from, pair.head_to, pair.mask_from, pair.mask_to) == (3, 1, 3, 1)
+    back = served(server.grpc_url, probe)
+    assert np.abs(back.probabilities - before.probabilities).max() < 1e-6
+    assert np.abs(back.masked_features - before.masked_features).max() < 1e-6
