@@ -19,6 +19,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from conftest import make_checkpoint, pytorch_probabilities
+from fer_triton.checkpoint import CAFECheckpoint
 from fer_triton.cli import cli
 from fer_triton.client import FerClient
 from fer_triton.retrain.mask_finetune import (MaskFineTuneError, MaskFineTuneOptions, check_layout,
@@ -92,8 +93,8 @@ def test_fine_tuned_mask_net_and_head_switch_together_and_roll_back_together(
     assert any(publish_window[0] <= t <= publish_window[1] for t in hammer.finished)
 
 
-def test_a_checkpoint_that_is_not_the_served_mask_net_is_refused_before_any_work(
-        site, triton_server, tiny_repository, tmp_path):
+def test_cli_refuses_a_wrong_checkpoint_before_any_work_and_dry_runs_with_the_recorded_one(
+        site, triton_server, tiny_repository, tiny_checkpoint, tmp_path):
     other = make_checkpoint(tmp_path / "other.pt", seed=5)
     runner = CliRunner()
     base = ["retrain", "--data", str(site), "-u", triton_server.grpc_url, "-r", str(tiny_repository),
@@ -112,6 +113,13 @@ def test_a_checkpoint_that_is_not_the_served_mask_net_is_refused_before_any_work
 
     bad_device = runner.invoke(cli, base + ["--device", "cuda:7"])
     assert bad_device.exit_code == 1 and "torch sees no CUDA GPU" in bad_device.output
+
+    # The checkpoint recorded at export is found by itself; --no-publish fine-tunes, saves and reports only.
+    dry = runner.invoke(cli, base + ["--mask-epochs", "1", "--no-publish"])
+    assert dry.exit_code == 0, dry.output
+    assert "fine-tune mask net" in dry.output and "not published (--no-publish)" in dry.output
+    tuned = CAFECheckpoint.load(tmp_path / "report" / "fine_tuned.pt")
+    assert tuned.meta["fine_tuned_mask_net"]["from"] == str(tiny_checkpoint.resolve())
     assert _versions(tiny_repository, "cafe_mask_net") == [1] and _versions(tiny_repository, "cafe_head") == [1]
 
 
@@ -157,7 +165,6 @@ def test_an_older_mask_net_config_is_made_to_keep_two_versions(repository_copy):
 
 def test_a_failed_pair_is_taken_out_and_rollback_follows_what_was_published(repository_copy, server_factory,
                                                                             tiny_checkpoint):
-    from fer_triton.checkpoint import CAFECheckpoint
     from fer_triton.model import MaskNet
     from fer_triton.retrain.fit import LinearHead
     from fer_triton.retrain.pair_publish import publish_mask_and_head
