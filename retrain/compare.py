@@ -43,6 +43,7 @@ class Comparison:
     serving: HeadScores
     new: HeadScores
     held_out: int
+    new_name: str = "new head"     # "new mask net + head" with --fine-tune-mask
 
     @property
     def accuracy_gain(self) -> float:
@@ -55,8 +56,9 @@ class Comparison:
 
     def summary(self) -> str:
         return (f"held-out accuracy on {self.held_out} site images: serving head {self.serving.accuracy:.1%}, "
-                f"new head {self.new.accuracy:.1%} ({self.accuracy_gain:+.1%})")
+                f"{self.new_name} {self.new.accuracy:.1%} ({self.accuracy_gain:+.1%})")
 
 
-def compare_heads(labels: np.ndarray, serving_predicted: np.ndarray, new_predicted: np.ndarray) -> Comparison:
-    return Comparison(score(labels, serving_predicted), score(labels, new_predicted), len(labels))
+def compare_heads(labels: np.ndarray, serving_predicted: np.ndarray, new_predicted: np.ndarray,
+                  new_name: str = "new head") -> Comparison:
+    return Comparison(score(labels, serving_predicted), score(labels, new_predicted), len(labels), new_name)

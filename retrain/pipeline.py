@@ -109,22 +109,24 @@ def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = 
         head = fit_head(x[train], y[train], l2=options.l2, init=init, seed=options.seed)
         timings["fit"] = time.perf_counter() - t
 
+        t = time.perf_counter()
         serving_predicted = features.probabilities[held].argmax(1)
         head_only = compare_heads(y[held], serving_predicted, head.predict(x[held]))
+        timings["compare"] = time.perf_counter() - t
         comparison, tuned = head_only, None
         if tuner:
             t = time.perf_counter()
             tuned = tuner.fine_tune(faces, x, y, train, head, options)
             timings["fine-tune mask net"] = time.perf_counter() - t
-            comparison = compare_heads(y[held], serving_predicted, tuned.head.predict(tuned.masked_features[held]))
-        what = "the new mask net + head" if tuned else "the new head"
+            comparison = compare_heads(y[held], serving_predicted, tuned.head.predict(tuned.masked_features[held]),
+                                       new_name="new mask net + head")
 
         published = published_mask = None
         if not options.publish:
             decision = f"not published (--no-publish): {comparison.summary()}"
         elif comparison.new_is_worse and not options.force:
-            decision = (f"REFUSED: {what} is worse than serving version {serving}: {comparison.summary()}; "
-                        "pass --force to publish it anyway")
+            decision = (f"REFUSED: the {comparison.new_name} is worse than serving version {serving}: "
+                        f"{comparison.summary()}; pass --force to publish it anyway")
         else:
             t = time.perf_counter()
             new_head, new_features = (tuned.head, tuned.masked_features) if tuned else (head, x)

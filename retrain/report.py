@@ -49,7 +49,8 @@ def write_report(out_dir: Path, *, comparison: Comparison, decision: str, counts
     out_dir = Path(out_dir)
     draw_confusion(comparison.serving.confusion, "serving head (before), held-out site images",
                    out_dir / "confusion_serving.png")
-    draw_confusion(comparison.new.confusion, "new head (after), held-out site images", out_dir / "confusion_new.png")
+    new = comparison.new_name
+    draw_confusion(comparison.new.confusion, f"{new} (after), held-out site images", out_dir / "confusion_new.png")
     s, n = comparison.serving, comparison.new
     lines = [
         "# fer-triton retrain report", "",
@@ -58,12 +59,12 @@ def write_report(out_dir: Path, *, comparison: Comparison, decision: str, counts
         "## Site data", "",
         "| class | images |", "|---|---|", *(f"| {c} | {k} |" for c, k in counts.items()), "",
         f"## Held-out comparison ({comparison.held_out} images)", "",
-        "| | serving head (before) | new head (after) |", "|---|---|---|",
+        f"| | serving head (before) | {new} (after) |", "|---|---|---|",
         f"| accuracy | {s.accuracy:.1%} | {n.accuracy:.1%} |",
         f"| balanced accuracy | {s.balanced_accuracy:.1%} | {n.balanced_accuracy:.1%} |", "",
         "Recall per class:", "", "| class | serving | new |", "|---|---|---|", *_recall_rows(s, n), "",
         "Confusion matrices (rows: true class, columns: predicted):", "",
-        "![serving head](confusion_serving.png) ![new head](confusion_new.png)", "",
+        f"![serving head](confusion_serving.png) ![{new}](confusion_new.png)", "",
         "## Time", "", "| step | seconds |", "|---|---|", *(f"| {k} | {v:.2f} |" for k, v in timings.items()), "",
     ]
     path = out_dir / "report.md"

@@ -71,6 +71,7 @@ def test_fine_tuned_mask_net_and_head_switch_together_and_roll_back_together(
     assert result.head_only is not None  # the head fitted alone on the served features, for the report
     report = result.report.read_text()
     assert "fine-tuned from" in report and "head fitted alone" in report and str(saved) in report
+    assert "| | serving head (before) | new mask net + head (after) |" in report
 
     # Rollback took both out together (archived, not deleted) and serves the old pair exactly.
     assert rolled.exit_code == 0, rolled.output
