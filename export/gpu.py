@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fer_triton.export.precision import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_TOP1_AGREEMENT
-from fer_triton.export.repository import VERSIONED_STAGES, RepositoryLayout, _signatures, _tensor, config_text
+from fer_triton.export.repository import (VERSIONED_STAGES, RepositoryLayout, _signatures, _tensor, config_text,
+                                         read_ensemble_config)
 
 if TYPE_CHECKING:
     from fer_triton.export.precision import PrecisionReport
@@ -246,12 +247,7 @@ def add_gpu_configs(repository: str | Path, *, layout: RepositoryLayout = Reposi
 
     Wire size, classes and the ensemble's max batch size are read from the ensemble's config.
     """
-    from google.protobuf import text_format
-
-    path = Path(repository) / layout.ensemble / "config.pbtxt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: is {repository} an exported fer-triton repository?")
-    ensemble = text_format.Parse(path.read_text(), mc.ModelConfig())
+    ensemble = read_ensemble_config(repository, layout)
     (faces,) = [i for i in ensemble.input if i.name == "faces"]
     (probabilities,) = [o for o in ensemble.output if o.name == "probabilities"]
     return write_gpu_configs(repository, layout=layout, wire_size=faces.dims[0], num_classes=probabilities.dims[0],

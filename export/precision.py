@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_triton.export.repository import RepositoryLayout
+from fer_triton.export.repository import RepositoryLayout, read_ensemble_config
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +151,7 @@ def exported_precision(repository: str | Path, layout: RepositoryLayout = Reposi
     """The precision `fer-triton export` recorded in the ensemble's config ("fp32" when not recorded)."""
     import json
 
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    path = Path(repository) / layout.ensemble / "config.pbtxt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: is {repository} an exported fer-triton repository?")
-    cfg = text_format.Parse(path.read_text(), mc.ModelConfig())
+    cfg = read_ensemble_config(repository, layout)
     metadata = cfg.parameters["fer_triton"].string_value if "fer_triton" in cfg.parameters else "{}"
     return json.loads(metadata or "{}").get("precision", "fp32")
 

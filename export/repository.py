@@ -17,6 +17,7 @@ documented in model_repository/README.md.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,22 @@ def config_text(cfg: mc.ModelConfig) -> str:
 def parse_config(path: Path) -> mc.ModelConfig:
     """Parse a config.pbtxt against Triton's schema (raises text_format.ParseError)."""
     return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
+
+
+def read_ensemble_config(repository: Path, layout: RepositoryLayout = RepositoryLayout()) -> mc.ModelConfig:
+    """The exported ensemble's config; FileNotFoundError naming it when the repository has none."""
+    path = Path(repository) / layout.ensemble / "config.pbtxt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: is {repository} an exported fer-triton repository?")
+    return parse_config(path)
+
+
+def replace_config(path: Path, cfg: mc.ModelConfig) -> None:
+    """Rewrite a config.pbtxt in one step: a server (re)loading the model never reads half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(config_text(cfg))
+    os.replace(tmp, path)
 
 
 def write_repository(out_dir: Path, onnx_paths: dict[str, Path], *, layout: RepositoryLayout = RepositoryLayout(),

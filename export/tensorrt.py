@@ -14,12 +14,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from fer_triton.export.gpu import PRECISIONS, TRT_STAGES, config_name, plan_filename
 from fer_triton.export.precision import latest_onnx
-from fer_triton.export.repository import RepositoryLayout, _signatures, config_text
+from fer_triton.export.repository import RepositoryLayout, _signatures, config_text, parse_config, read_ensemble_config
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +169,7 @@ def _build_with_python_api(onnx_path, plan_path, inputs, profile, precision, wor
 
 def _plan_config(path: Path, profile: Profile) -> mc.ModelConfig:
     """The variant's config, re-fitted to the plan's profile (user edits such as instances are kept)."""
-    cfg = text_format.Parse(path.read_text(), mc.ModelConfig())
+    cfg = parse_config(path)
     if cfg.platform != "tensorrt_plan":
         raise ValueError(f"{path} is not a tensorrt_plan config (platform {cfg.platform!r})")
     cfg.max_batch_size = profile.max
@@ -184,10 +183,7 @@ def _plan_config(path: Path, profile: Profile) -> mc.ModelConfig:
 
 
 def _ensemble_max_batch(repository: Path, layout: RepositoryLayout) -> int:
-    path = repository / layout.ensemble / "config.pbtxt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: is {repository} an exported fer-triton repository?")
-    return text_format.Parse(path.read_text(), mc.ModelConfig()).max_batch_size
+    return read_ensemble_config(repository, layout).max_batch_size
 
 
 def build_plans(repository: str | Path, *, layout: RepositoryLayout = RepositoryLayout(),

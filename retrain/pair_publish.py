@@ -22,19 +22,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
-
 from fer_triton.client import FerClient
 from fer_triton.export.onnx_export import export_stage, mask_net_spec
-from fer_triton.export.repository import RUNNER_SOURCE, RepositoryLayout, config_text
+from fer_triton.export.repository import RUNNER_SOURCE, RepositoryLayout, parse_config, replace_config
 from fer_triton.model import MaskNet
 from fer_triton.retrain.fit import LinearHead
 from fer_triton.retrain.pins import check_unpinned, write_pins
@@ -51,14 +47,12 @@ def keep_two_versions(versions: StageVersions) -> list[Path]:
     had that policy); returns the files changed. Triton reads them at the next load."""
     changed = []
     for path in [versions.model_dir / "config.pbtxt", *sorted((versions.model_dir / "configs").glob("*.pbtxt"))]:
-        cfg = text_format.Parse(path.read_text(), mc.ModelConfig())
+        cfg = parse_config(path)
         if cfg.version_policy.WhichOneof("policy_choice") == "latest" \
                 and cfg.version_policy.latest.num_versions >= KEPT_VERSIONS:
             continue
         cfg.version_policy.latest.num_versions = KEPT_VERSIONS
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(config_text(cfg))
-        os.replace(tmp, path)
+        replace_config(path, cfg)
         changed.append(path)
     if changed:
         log.info("%s now keeps %d versions loaded (%s)", versions.name, KEPT_VERSIONS, ", ".join(map(str, changed)))

@@ -8,13 +8,12 @@ few seconds of the switch (retrain/pair_publish.py), then goes back to -1. A con
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from fer_triton.export.repository import RepositoryLayout, config_text
+from fer_triton.export.repository import RepositoryLayout, parse_config, replace_config
 
 
 class PinError(RuntimeError):
@@ -27,7 +26,7 @@ def ensemble_config_path(repository: Path, layout: RepositoryLayout) -> Path:
 
 def _read(path: Path) -> mc.ModelConfig:
     try:
-        return text_format.Parse(path.read_text(), mc.ModelConfig())
+        return parse_config(path)
     except (OSError, text_format.ParseError) as exc:
         raise PinError(f"cannot read the ensemble config {path}: {exc}") from exc
 
@@ -51,9 +50,7 @@ def write_pins(repository: Path, layout: RepositoryLayout, pins: dict[str, int])
         raise PinError(f"the ensemble {layout.ensemble} has no step calling {', '.join(unknown)}")
     for step in cfg.ensemble_scheduling.step:
         step.model_version = pins.get(step.model_name, -1)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(config_text(cfg))
-    os.replace(tmp, path)
+    replace_config(path, cfg)
 
 
 def check_unpinned(repository: Path, layout: RepositoryLayout) -> None:
