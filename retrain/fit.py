@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fer_triton.labels import NUM_CLASSES
+from fer_triton.model import Head
 
 
 @dataclass
@@ -43,6 +44,14 @@ class LinearHead:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         return self.logits(features).argmax(axis=1)
+
+    def to_module(self) -> Head:
+        """The same weights as the model's torch ``Head`` (what ONNX export and checkpoints take)."""
+        module = Head(in_features=self.weight.shape[1], num_classes=self.weight.shape[0])
+        with torch.no_grad():
+            module.fc.weight.copy_(torch.from_numpy(self.weight))
+            module.fc.bias.copy_(torch.from_numpy(self.bias))
+        return module
 
 
 def class_weights(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:

@@ -30,7 +30,7 @@ import torch
 from fer_triton.checkpoint import CAFECheckpoint, CheckpointError
 from fer_triton.client import FerClient
 from fer_triton.devices import resolve_device
-from fer_triton.model import Head, MaskNet, Preprocess
+from fer_triton.model import MaskNet, Preprocess
 from fer_triton.retrain.fit import LinearHead, fit_head
 from fer_triton.retrain.publish import StageVersions
 from fer_triton.train import losses
@@ -147,10 +147,14 @@ def check_matches_served(net: MaskNet, faces: np.ndarray, onnx_path: Path, atol:
     return diff
 
 
+def _gate(logits: np.ndarray) -> np.ndarray:
+    """sigmoid(mask logits): the per-channel factor the head applies to the CLIP features."""
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
 def recover_clip_features(masked_features: np.ndarray, logits: np.ndarray) -> np.ndarray:
     """CLIP features from masked features and the mask logits that produced them (logits >= 0)."""
-    gate = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    return (masked_features.astype(np.float64) / gate).astype(np.float32)
+    return (masked_features.astype(np.float64) / _gate(logits)).astype(np.float32)
 
 
 def _noisy(faces: torch.Tensor, p: float = 0.5, std: float = math.sqrt(30)) -> torch.Tensor:
@@ -172,15 +176,12 @@ def fine_tune_mask(net: MaskNet, base: CAFECheckpoint, base_path: Path, faces: n
     options.validate()
     device = options.torch_device()
     started = time.perf_counter()
-    clip = recover_clip_features(served_masked, mask_logits(copy.deepcopy(net), faces, batch_size=options.batch_size,
-                                                            device=device))
+    tuned = copy.deepcopy(net)  # mask_logits moves it to the device
+    clip = recover_clip_features(served_masked, mask_logits(tuned, faces, batch_size=options.batch_size, device=device))
 
     torch.manual_seed(seed)
-    tuned = copy.deepcopy(net).to(device).train()
-    head = Head(in_features=start_head.weight.shape[1], num_classes=start_head.weight.shape[0]).to(device)
-    with torch.no_grad():
-        head.fc.weight.copy_(torch.from_numpy(start_head.weight))
-        head.fc.bias.copy_(torch.from_numpy(start_head.bias))
+    tuned.train()
+    head = start_head.to_module().to(device)
     optimizer = torch.optim.Adam(list(tuned.parameters()) + list(head.parameters()), lr=options.lr,
                                  weight_decay=options.weight_decay)
     preprocess = Preprocess().to(device)
@@ -218,17 +219,14 @@ def fine_tune_mask(net: MaskNet, base: CAFECheckpoint, base_path: Path, faces: n
         log.info("mask fine-tune epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in record.items()))
     bar.close()
 
-    logits = mask_logits(tuned, faces, batch_size=options.batch_size, device=device)
+    masked = (clip * _gate(mask_logits(tuned, faces, batch_size=options.batch_size, device=device))).astype(np.float32)
     tuned = tuned.cpu().eval()
-    masked = clip * (1.0 / (1.0 + np.exp(-logits)))
-    masked = masked.astype(np.float32)
     joint = LinearHead(head.fc.weight.detach().cpu().numpy(), head.fc.bias.detach().cpu().numpy())
     new_head = fit_head(masked[train], labels[train], l2=l2, init=joint, seed=seed)
 
     checkpoint = copy.copy(base)
     checkpoint.mask_net = {k: v.detach().clone() for k, v in tuned.state_dict().items()}
-    checkpoint.head = {"fc.weight": torch.from_numpy(new_head.weight.copy()),
-                       "fc.bias": torch.from_numpy(new_head.bias.copy())}
+    checkpoint.head = new_head.to_module().state_dict()
     checkpoint.meta = {**base.meta, "fine_tuned_mask_net": {
         "from": str(Path(base_path).resolve()), "site_images": int(len(train)), "epochs": options.epochs,
         "lr": options.lr, "augment": options.augment, "history": history}}

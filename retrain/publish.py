@@ -34,7 +34,6 @@ from tritonclient.utils import InferenceServerException
 from fer_triton.client import FerClient
 from fer_triton.export.onnx_export import HeadGraph, StageSpec, export_stage
 from fer_triton.export.repository import RUNNER_SOURCE, RepositoryLayout
-from fer_triton.model import Head
 from fer_triton.retrain.fit import LinearHead
 from fer_triton.retrain.pins import check_unpinned
 
@@ -167,16 +166,11 @@ def read_head(onnx_path: Path) -> LinearHead:
 
 def export_head(head: LinearHead, path: Path, name: str) -> float:
     """Write ``head`` as the head stage's ONNX graph, validated against PyTorch; returns max |diff|."""
-    module = Head(in_features=head.weight.shape[1], num_classes=head.weight.shape[0])
-    with torch.no_grad():
-        module.fc.weight.copy_(torch.from_numpy(head.weight))
-        module.fc.bias.copy_(torch.from_numpy(head.bias))
-
     def sample(batch, gen):  # CLIP-like features and non-negative mask logits, as the ensemble feeds them
         return torch.randn(batch, head.weight.shape[1], generator=gen), \
             torch.relu(torch.randn(batch, head.weight.shape[1], generator=gen))
 
-    spec = StageSpec(name, HeadGraph(module), ("clip_features", "mask_logits"),
+    spec = StageSpec(name, HeadGraph(head.to_module()), ("clip_features", "mask_logits"),
                      ("masked_features", "logits", "probabilities"), sample)
     return export_stage(spec, path).worst
 
