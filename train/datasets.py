@@ -106,6 +106,12 @@ def load_rgb(path: Path, box: tuple[int, int, int, int] | None = None) -> np.nda
     return np.asarray(image, dtype=np.uint8)
 
 
+def _check_found(missing: list[str], what: str, first: str = "first") -> None:
+    """Raise naming how many listed images are missing, and the first few, when any is."""
+    if missing:
+        raise DatasetFormatError(f"{len(missing)} {what} ({first}: {', '.join(missing[:3])})")
+
+
 # -- RAF-DB ------------------------------------------------------------------------------------
 def read_rafdb(root: str | Path, split: str = "train", name: str = "RAF-DB") -> FaceDataset:
     root = Path(root)
@@ -135,9 +141,7 @@ def read_rafdb(root: str | Path, split: str = "train", name: str = "RAF-DB") -> 
             missing.append(path.name)
             continue
         samples.append(Sample(path, label))
-    if missing:
-        raise DatasetFormatError(f"{len(missing)} RAF-DB {split} images listed in {label_file} are missing from "
-                                 f"{image_dir} (first: {', '.join(missing[:3])})")
+    _check_found(missing, f"RAF-DB {split} images listed in {label_file} are missing from {image_dir}")
     if not samples:
         raise DatasetFormatError(f"{label_file} lists no '{split}_*' images")
     return FaceDataset(name, "rafdb", root, split, samples)
@@ -193,9 +197,8 @@ def read_affectnet(root: str | Path, split: str = "train", name: str = "AffectNe
                 missing.append(rel)
                 continue
             samples.append(Sample(path, AFFECTNET_TO_RAFDB[expression], _affectnet_box(row)))
-    if missing:
-        raise DatasetFormatError(f"{len(missing)} AffectNet images listed in {csv_path} were not found under "
-                                 f"{', '.join(map(str, image_dirs)) or base} (first: {', '.join(missing[:3])})")
+    _check_found(missing, f"AffectNet images listed in {csv_path} were not found under "
+                          f"{', '.join(map(str, image_dirs)) or base}")
     if not samples:
         raise DatasetFormatError(f"{csv_path} has no images of the 7 basic classes")
     return FaceDataset(name, "affectnet", root, split, samples, dict(skipped))
@@ -221,9 +224,8 @@ def _read_affectnet_npy(root: Path, folder: Path, split: str, name: str) -> Face
             missing.append(image_id)
             continue
         samples.append(Sample(path, AFFECTNET_TO_RAFDB[expression]))
-    if missing:
-        raise DatasetFormatError(f"{len(missing)} AffectNet images annotated in {folder / 'annotations'} are "
-                                 f"missing from {folder / 'images'} (first ids: {', '.join(missing[:3])})")
+    _check_found(missing, f"AffectNet images annotated in {folder / 'annotations'} are missing from "
+                          f"{folder / 'images'}", first="first ids")
     if not samples:
         raise DatasetFormatError(f"{folder / 'annotations'} has no *_exp.npy label of the 7 basic classes")
     return FaceDataset(name, "affectnet", root, split, samples, dict(skipped))
@@ -276,9 +278,7 @@ def read_ferplus(root: str | Path, split: str = "train", name: str = "FERPlus") 
                 missing.append(row[0])
                 continue
             samples.append(Sample(path, class_index(_FERPLUS_VOTES[top]), _ferplus_box(row[1])))
-    if missing:
-        raise DatasetFormatError(f"{len(missing)} FERPlus images listed in {label_file} are missing "
-                                 f"(first: {', '.join(missing[:3])})")
+    _check_found(missing, f"FERPlus images listed in {label_file} are missing")
     if not samples:
         raise DatasetFormatError(f"{label_file} has no image with a majority for one of the 7 classes")
     return FaceDataset(name, "ferplus", root, split, samples, dict(skipped))
