@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from fer_triton.options import max_pixels_option
+
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -16,6 +18,7 @@ import numpy as np
 @click.option("-m", "--model", default="cafe", show_default=True, help="Ensemble name.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON Lines instead of a table.")
 @click.option("-v", "--verbose", is_flag=True, help="Print gRPC requests (tritonclient verbose).")
+@max_pixels_option
 def infer(images, url, model, as_json, verbose):
     """Classify face images (files or folders; any size, RGB/grayscale/RGBA) in one batch."""
     from fer_triton.client.grpc_client import FerClient, FerInputError, FerServerError

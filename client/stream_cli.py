@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from fer_triton.options import max_pixels_option
+
 
 def _raise_interrupt(*_):
     raise KeyboardInterrupt
@@ -42,6 +44,7 @@ def _raise_interrupt(*_):
 @click.option("--stats-every", default=0.0, show_default=True,
               help="Also print the per-camera table (faces/s, p50/p99, drops) every N seconds (0: only at the end).")
 @click.option("-v", "--verbose", is_flag=True, help="Log retries, reconnects and failing cameras.")
+@max_pixels_option
 def stream(sources, urls, model, output, detector, min_face, margin, batch_size, max_wait_ms, in_flight,
            queue_frames, live_drop, fps, detect_workers, retry_timeout, stall_timeout, connect_wait, progress,
            stats_every, verbose):

@@ -13,6 +13,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from fer_triton.options import max_pixels_option
+
 
 def _choose_clip_weights(choice: str) -> str | None:
     from fer_triton import clip_loader
@@ -42,19 +44,22 @@ def _choose_clip_weights(choice: str) -> str | None:
               help="Folder of face crops to send (default: 16 drawn synthetic faces).")
 @click.option("-b", "--batch-size", default=16, show_default=True)
 @click.option("--repeats", default=5, show_default=True, help="Timed batches for images/s.")
+@max_pixels_option
 def demo(workdir, repository, clip_model, clip_weights, checkpoint, face_dir, batch_size, repeats):
     """Run the main job end to end: build, export, serve on CPU Triton, infer over gRPC."""
     from fer_triton.checkpoint import CAFECheckpoint, build_untrained
     from fer_triton.client.cli import format_table
     from fer_triton.client.grpc_client import FerClient
     from fer_triton.export.exporter import export_checkpoint
-    from fer_triton.images import list_images, read_face
+    from fer_triton.images import read_face
     from fer_triton.model import Preprocess
     from fer_triton.server import TritonServer, TritonServerError, free_port
     from fer_triton.synthetic import draw_faces
 
     import torch
 
+    # Read given faces before the long build: a folder without one readable face fails at once.
+    given = _read_face_dir(face_dir, batch_size) if face_dir else None
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if checkpoint is None:
@@ -78,10 +83,8 @@ def demo(workdir, repository, clip_model, clip_weights, checkpoint, face_dir, ba
                                on_report=lambda r: click.echo(f"      {r.name:<20} max |diff| {r.worst:.2e}"))
     click.echo(f"      whole ensemble     max |diff| {result.ensemble_max_abs_diff:.2e}")
 
-    if face_dir:
-        paths = list_images([face_dir])[:batch_size]
-        faces = np.stack([read_face(p, 224) for p in paths])
-        names = [str(p) for p in paths]
+    if given is not None:
+        faces, names = given
     else:
         faces_dir = workdir / "faces"
         faces_dir.mkdir(exist_ok=True)
@@ -128,3 +131,27 @@ def demo(workdir, repository, clip_model, clip_weights, checkpoint, face_dir, ba
                     + (" and uses RANDOM CLIP weights" if ckpt.clip_is_random else "")
                     + ": the labels above are meaningless. Train with your data, then pass --checkpoint.",
                     fg="yellow")
+
+
+def _read_face_dir(face_dir: Path, count: int) -> tuple[np.ndarray, list[str]]:
+    """The first ``count`` readable images of ``face_dir`` as UINT8 [N, 224, 224, 3] and their names.
+
+    Each unreadable file is reported by name on stderr and skipped; raises click.ClickException when
+    the folder does not exist or holds no readable image.
+    """
+    from fer_triton.images import ImageReadError, list_images, read_face
+
+    if not face_dir.is_dir():
+        raise click.ClickException(f"--faces {face_dir}: not a folder")
+    faces, names = [], []
+    for path in list_images([face_dir]):
+        if len(faces) == count:
+            break
+        try:
+            faces.append(read_face(path, 224))
+            names.append(str(path))
+        except ImageReadError as exc:
+            click.echo(f"skipped {exc}", err=True)
+    if not faces:
+        raise click.ClickException(f"--faces {face_dir}: no readable image in the folder")
+    return np.stack(faces), names

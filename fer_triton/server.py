@@ -99,6 +99,19 @@ def _check_port(host: str, port: int, what: str) -> None:
             ) from exc
 
 
+def _check_distinct_ports(ports: dict[str, int]) -> None:
+    """Refuse two endpoints on one port before starting (tritonserver would bury it under its usage text)."""
+    by_port: dict[int, list[str]] = {}
+    for what, port in ports.items():
+        if not 0 < port < 65536:
+            raise TritonServerError(f"{what} port {port} is not a TCP port (1..65535)")
+        by_port.setdefault(port, []).append(what)
+    clashes = [f"{' and '.join(names)} both on port {port}" for port, names in by_port.items() if len(names) > 1]
+    if clashes:
+        raise TritonServerError(f"{'; '.join(clashes)}: give each endpoint its own port "
+                                "(--grpc-port, --http-port, --metrics-port)")
+
+
 def _without_traceback(reason: str) -> str:
     """Triton appends the python stub's traceback ("At: ...") to a load failure: keep the message."""
     return reason.split("\n\nAt:")[0].strip()
@@ -165,8 +178,17 @@ class TritonServer:
         return env
 
     def start(self, timeout_s: float = 300.0) -> "TritonServer":
+        """Start tritonserver and wait until every model is loaded and the server is ready.
+
+        ``timeout_s``: seconds to wait for readiness. Returns self (the server keeps running until
+        :meth:`stop`). Raises TritonServerError, naming the cause, for: a missing or invalid model
+        repository, two endpoints given the same port, a port in use, the server binary not installed,
+        a model that fails to load (Triton's own reason), or no readiness within ``timeout_s``.
+        """
         check_repository(self.repository)
-        for port, what in ((self.grpc_port, "gRPC"), (self.http_port, "HTTP"), (self.metrics_port, "metrics")):
+        ports = {"gRPC": self.grpc_port, "HTTP": self.http_port, "metrics": self.metrics_port}
+        _check_distinct_ports(ports)
+        for what, port in ports.items():
             _check_port(self.host, port, what)
         install = TritonInstall.find()
         self._workdir = Path(tempfile.mkdtemp(prefix="fer-triton-server-"))

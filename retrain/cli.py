@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from fer_triton.options import max_pixels_option
+
 _url = click.option("-u", "--url", default="127.0.0.1:8001", show_default=True, help="Triton gRPC address.")
 _model = click.option("-m", "--model", default="cafe", show_default=True,
                       help="Ensemble name (also the repository's model prefix).")
@@ -64,6 +66,7 @@ def _log(verbose: bool) -> None:
 @click.option("--save-checkpoint", type=click.Path(path_type=Path),
               help="With --fine-tune-mask: where to save the fine-tuned checkpoint (default: <report>/fine_tuned.pt).")
 @_verbose
+@max_pixels_option
 def retrain(data, url, model, repository, holdout, l2, init, clip_weights, force, no_publish, report_dir,
             batch_size, seed, fine_tune_mask, checkpoint, mask_epochs, mask_lr, device, save_checkpoint, verbose):
     """Fit a new head on a site's labelled images and publish it to the running server (no restart)."""
@@ -148,6 +151,7 @@ def _parse_limits(pairs) -> dict[str, float]:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--exit-code", is_flag=True, help="Exit with status 3 when a retrain is advised.")
 @_verbose
+@max_pixels_option
 def drift(images, jsonl, url, model, repository, reference, write_reference, limits, as_json, exit_code, verbose):
     """Compare a site's recent outputs with the reference and say whether a retrain is advised."""
     from fer_triton.client import FerClient

@@ -84,6 +84,15 @@ def test_port_in_use_is_reported(repository_copy):
             TritonServer(repository_copy, grpc_port=port, http_port=free_port(), metrics_port=free_port()).start()
 
 
+def test_serve_refuses_one_port_for_two_endpoints_before_starting(repository_copy):
+    port = str(free_port())
+    result = CliRunner().invoke(cli, ["serve", "-r", str(repository_copy), "--grpc-port", port,
+                                      "--http-port", port])
+    assert result.exit_code == 1
+    assert f"gRPC and HTTP both on port {port}: give each endpoint its own port" in result.output
+    assert "Usage" not in result.output  # not tritonserver's usage text
+
+
 def test_model_that_fails_to_load_reports_tritons_reason(repository_copy):
     (repository_copy / "cafe_mask_net" / "1" / "model.onnx").write_bytes(b"corrupt")
     server = TritonServer(repository_copy, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
@@ -121,13 +130,15 @@ def test_serve_infer_and_sigterm_through_the_cli(tiny_repository, tiny_checkpoin
         Image.fromarray(faces[1]).convert("L").save(tmp_path / "gray.jpg")
         Image.fromarray(faces[2]).convert("RGBA").save(tmp_path / "rgba.png")
         (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-        images = [tmp_path / n for n in ("rgb.png", "gray.jpg", "broken.jpg", "rgba.png")]
+        Image.new("1", (14000, 14000)).save(tmp_path / "bomb.png")  # 24 KB, Pillow's decompression-bomb guard
+        images = [tmp_path / n for n in ("rgb.png", "gray.jpg", "broken.jpg", "bomb.png", "rgba.png")]
         run = subprocess.run(FER_TRITON + ["infer", "-u", f"127.0.0.1:{ports[0]}", "--json", *map(str, images)],
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 2, run.stderr  # partial success: one unreadable image
         records = [json.loads(line) for line in run.stdout.splitlines()]
         by_name = {Path(r["image"]).name: r for r in records}
         assert "broken.jpg" in by_name["broken.jpg"]["error"]
+        assert "bomb.png" in by_name["bomb.png"]["error"] and "--max-pixels" in by_name["bomb.png"]["error"]
         ok = [n for n in ("rgb.png", "gray.jpg", "rgba.png")]
         wire = np.stack([read_face(tmp_path / n, 224) for n in ok])
         expected = pytorch_probabilities(tiny_checkpoint, wire)
