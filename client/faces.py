@@ -135,11 +135,9 @@ def square_box(box: Box, frame_w: int, frame_h: int, margin: float) -> Box:
 
 def crop_face(rgb: np.ndarray, box: Box, size: int, margin: float = 0.0) -> np.ndarray:
     """UINT8 RGB [size, size, 3] face crop; the whole frame (crops mode, margin 0) is resized as is."""
-    from PIL import Image
-
     from fer_triton.images import to_wire
 
     h, w = rgb.shape[:2]
     region = box if (box.x, box.y, box.w, box.h) == (0, 0, w, h) else square_box(box, w, h, margin)
     crop = rgb[region.y:region.y + region.h, region.x:region.x + region.w]
-    return to_wire(Image.fromarray(np.ascontiguousarray(crop)), size)
+    return to_wire(crop, size)

@@ -2,13 +2,16 @@
 
 Each source has a camera id and yields, in order, one event per frame it reads:
 
-    Frame       a decoded RGB frame (UINT8 [H, W, 3])
-    BadFrame    a frame that could not be decoded (corrupt image, undecodable video frame)
+    Frame       a decoded RGB frame (UINT8 [H, W, 3]), upright as a viewer or player shows it
+    BadFrame    a frame that could not be decoded (unreadable image file, undecodable video frame)
 
-and finally returns (StopIteration) with a short reason: "ended", or a message naming what went
-wrong (ended early, stalled). Opening problems raise SourceOpenError before any frame is read.
-A source never raises for one bad frame: it reports it and goes on, so one camera never stops
-the others.
+and finally returns (StopIteration), leaving a short reason in ``end_reason``: "ended",
+"stalled: ..." (a live stream without frames), or "failed: ..." (a video file of which no frame
+can be decoded). Opening problems raise SourceOpenError before any frame is read. A source never
+raises for one bad frame: it reports it and goes on, so one camera never stops the others.
+Images are read by ``fer_triton.images.read_image`` (the project's one image reader), videos by
+OpenCV + FFmpeg. Where a video file ends is found by reading it: a container's frame count, fps
+and duration are estimates and never decide an error or the end.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_triton.images import IMAGE_SUFFIXES, ImageReadError, list_images
+from fer_triton.images import IMAGE_SUFFIXES, ImageReadError, list_images, read_image
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".mjpeg"}
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -34,6 +37,8 @@ class SourceOpenError(RuntimeError):
 
 @dataclass
 class Frame:
+    """One decoded frame of a camera."""
+
     camera: str
     index: int                        # 0, 1, 2 ... per camera, counting bad frames too
     timestamp: float                  # wall clock (Unix seconds) when the frame was read
@@ -43,6 +48,8 @@ class Frame:
 
 @dataclass
 class BadFrame:
+    """A frame that was read but cannot be decoded; ``message`` says which (image file or frame index) and why."""
+
     camera: str
     index: int
     timestamp: float
@@ -138,6 +145,13 @@ class ImageFilesSource(FrameSource):
                                   f"({', '.join(sorted(IMAGE_SUFFIXES))})")
 
     def frames(self) -> Iterator[Frame | BadFrame]:
+        """One event per image file, in name order: a Frame (UINT8 RGB [H, W, 3] at the file's own size)
+        or, for a file that cannot be read, a BadFrame whose message names the file and says why.
+
+        Files are read by :func:`fer_triton.images.read_image`, the project's one image reader (EXIF
+        orientation, alpha over black, the pixel limit); any decoder failure, a decompression bomb
+        included, is that one file's BadFrame and the camera goes on with the next file.
+        """
         for index, path in enumerate(self.paths):
             now = time.time()
             try:
@@ -149,57 +163,64 @@ class ImageFilesSource(FrameSource):
             yield Frame(self.camera, index, now, image)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An image file at its own size as RGB UINT8; transparent pixels become black (as `infer` does)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("RGBA", "LA", "P"):
-                image = Image.alpha_composite(Image.new("RGBA", image.size, (0, 0, 0, 255)), image.convert("RGBA"))
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{path}: not a readable image ({exc})") from exc
-
-
 class VideoSource(FrameSource):
     """A video file, stream URL or device index, read with OpenCV (FFmpeg for files and URLs).
 
-    Files: a frame FFmpeg cannot decode is reported and skipped; the file ending before the frame
-    count in its header is reported as "ended early". Live streams: a failed read is a stall; the
-    stream is reopened with backoff until ``stall_timeout_s`` passes without a frame.
-    ``fps`` paces a file like a live camera (and makes it live: the drop policy applies).
+    Frames come out as a player shows them: the rotation in the container's display matrix (a
+    portrait phone video: landscape pixels plus "rotate 90") is applied on every open and every
+    reopen. The container's frame count, fps and duration are estimates: neither errors nor the
+    end of a file are derived from them.
+
+    Files are read until reading stops: a read that fails is retried (OpenCV answers a read past
+    the end at once) and, when a later read gives a frame again, every failed read before it is
+    reported as a BadFrame (an undecodable frame inside the file); ``end_after_failed_reads`` failed
+    reads in a row end the file ("ended"). A file of which no frame can be decoded ends as
+    "failed: ...". Live streams: a failed read is a stall; the stream is reopened with backoff until
+    ``stall_timeout_s`` passes without a frame. ``fps`` paces a file like a live camera (and makes it
+    live: the drop policy applies).
     """
 
     def __init__(self, spec: SourceSpec, *, fps: float | None = None, stall_timeout_s: float = 10.0,
-                 max_bad_in_a_row: int = 3):
+                 end_after_failed_reads: int = 32):
         super().__init__(spec)
+        if end_after_failed_reads < 1:
+            raise ValueError(f"end_after_failed_reads must be at least 1, not {end_after_failed_reads}")
         self.fps = fps
         self.live = spec.live or fps is not None
         self.stall_timeout_s = stall_timeout_s
-        self.max_bad_in_a_row = max_bad_in_a_row
+        self.end_after_failed_reads = end_after_failed_reads
         self._cap = None
-        self.frame_count = 0
         self.read_ms = 0.0  # time the last read took (decode, network), without the fps pacing
 
+    @property
+    def _path(self) -> str:
+        return self.spec.location.removeprefix("file://")
+
     def _open_capture(self):
+        """A new ``cv2.VideoCapture`` on the location (check ``isOpened()``); used to open and to reopen.
+
+        FFmpeg captures (files, URLs) get ``CAP_PROP_ORIENTATION_AUTO`` so that frames are rotated as
+        the container's display matrix says. This OpenCV refuses that property as an ``open()``
+        parameter (the open fails), so it is set on the opened capture, before the first read.
+        """
         import cv2
 
-        location = self.spec.location.removeprefix("file://")
         timeout_ms = int(self.stall_timeout_s * 1000)
         if self.spec.kind == "device":
-            cap = cv2.VideoCapture(int(location))
-        elif self.spec.kind == "url":
-            cap = cv2.VideoCapture(location, cv2.CAP_FFMPEG,
+            return cv2.VideoCapture(int(self._path))
+        if self.spec.kind == "url":
+            cap = cv2.VideoCapture(self._path, cv2.CAP_FFMPEG,
                                    [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
         else:
-            cap = cv2.VideoCapture(location, cv2.CAP_FFMPEG)
+            cap = cv2.VideoCapture(self._path, cv2.CAP_FFMPEG)
+        if cap.isOpened():
+            cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
         return cap
 
     def open(self) -> None:
-        if self.spec.kind == "video" and not Path(self.spec.location.removeprefix("file://")).is_file():
+        """Open the capture; raises SourceOpenError (naming the camera) for a missing file or a
+        location OpenCV cannot open. Nothing is read yet."""
+        if self.spec.kind == "video" and not Path(self._path).is_file():
             raise SourceOpenError(f"camera {self.camera}: video file {self.spec.location} does not exist")
         cap = self._open_capture()
         if not cap.isOpened():
@@ -207,45 +228,75 @@ class VideoSource(FrameSource):
             raise SourceOpenError(f"camera {self.camera}: OpenCV cannot open {what} {self.spec.location} "
                                   "(unreachable, or not a format FFmpeg reads)")
         self._cap = cap
-        import cv2
 
-        self.frame_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if self.spec.kind == "video" else 0
+    def _read(self):
+        """One read: a BGR UINT8 [H, W, 3] frame, or None when OpenCV gives no frame; sets ``read_ms``."""
+        t0 = time.perf_counter()
+        ok, bgr = self._cap.read()
+        self.read_ms = (time.perf_counter() - t0) * 1000
+        return bgr if ok and bgr is not None and bgr.ndim == 3 and bgr.size else None
 
     def frames(self) -> Iterator[Frame | BadFrame]:
+        """Frames (UINT8 RGB [H, W, 3], upright; ``position_ms`` for files) and BadFrames, in order,
+        with consecutive indices from 0; on return ``end_reason`` says why reading stopped."""
+        if self.spec.kind == "video":
+            yield from self._file_frames()
+        else:
+            yield from self._live_frames()
+
+    def _pace(self, index: int, started: float) -> None:
+        if self.fps:  # pace like a camera: frame k is due at k / fps
+            delay = started + index / self.fps - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+    def _file_frames(self) -> Iterator[Frame | BadFrame]:
+        import cv2
+
+        index, started = 0, time.monotonic()
+        failed: list[float] = []  # wall clock of each failed read since the last frame
+        while True:
+            if not failed:
+                self._pace(index, started)
+            bgr = self._read()
+            now = time.time()
+            if bgr is None:
+                failed.append(now)
+                if len(failed) < self.end_after_failed_reads:
+                    continue
+                # Reading has stopped: the failed reads were the end of the data, not frames.
+                if index == 0:
+                    self.end_reason = (f"failed: camera {self.camera}: no frame of video file {self.spec.location} "
+                                       "can be decoded (corrupt or truncated file, or a codec this OpenCV lacks)")
+                else:
+                    self.end_reason = "ended"
+                return
+            # A frame after failed reads: those reads met data FFmpeg could not decode inside the file.
+            for when in failed:
+                yield BadFrame(self.camera, index, when,
+                               f"frame {index} cannot be decoded (corrupt data inside the video file; "
+                               "the frames after it are read)")
+                index += 1
+            failed.clear()
+            position = self._cap.get(cv2.CAP_PROP_POS_MSEC)
+            yield Frame(self.camera, index, now, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), position)
+            index += 1
+
+    def _live_frames(self) -> Iterator[Frame | BadFrame]:
         import cv2
 
         index, bad_in_a_row, started = 0, 0, time.monotonic()
         last_frame = time.monotonic()
         while True:
-            if self.fps:  # pace like a camera: frame k is due at k / fps
-                delay = started + index / self.fps - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            t0 = time.perf_counter()
-            ok, bgr = self._cap.read()
-            self.read_ms = (time.perf_counter() - t0) * 1000
+            self._pace(index, started)
+            bgr = self._read()
             now = time.time()
-            if ok and bgr is not None and bgr.ndim == 3 and bgr.size:
+            if bgr is not None:
                 bad_in_a_row, last_frame = 0, time.monotonic()
-                position = self._cap.get(cv2.CAP_PROP_POS_MSEC) if self.spec.kind == "video" else None
-                yield Frame(self.camera, index, now, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), position)
+                yield Frame(self.camera, index, now, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
                 index += 1
                 continue
-            if self.spec.kind == "video":
-                if index >= self.frame_count:
-                    self.end_reason = "ended"
-                    return
-                # Undecodable frame inside the file: report it and try to skip past it.
-                yield BadFrame(self.camera, index, now, f"frame {index} of {self.frame_count} cannot be decoded")
-                index += 1
-                bad_in_a_row += 1
-                if bad_in_a_row >= self.max_bad_in_a_row:
-                    self.end_reason = (f"ended early after frame {index - 1} of {self.frame_count}: "
-                                       f"{bad_in_a_row} undecodable frames in a row (corrupt or truncated file)")
-                    return
-                self._cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-                continue
-            # Live: a failed read is a stall (or the stream ended); reconnect until the stall timeout.
+            # A failed read is a stall (or the stream ended); reconnect until the stall timeout.
             stalled_for = time.monotonic() - last_frame
             if stalled_for >= self.stall_timeout_s:
                 self.end_reason = f"stalled: no frame for {stalled_for:.1f}s (reconnects failed)"
@@ -256,6 +307,7 @@ class VideoSource(FrameSource):
             self._cap = self._open_capture()
 
     def close(self) -> None:
+        """Release the capture (idempotent)."""
         if self._cap is not None:
             self._cap.release()
             self._cap = None

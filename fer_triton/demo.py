@@ -52,7 +52,6 @@ def demo(workdir, repository, clip_model, clip_weights, checkpoint, face_dir, ba
     from fer_triton.client.grpc_client import FerClient
     from fer_triton.export.exporter import export_checkpoint
     from fer_triton.images import read_face
-    from fer_triton.model import Preprocess
     from fer_triton.server import TritonServer, TritonServerError, free_port
     from fer_triton.synthetic import draw_faces
 
@@ -112,7 +111,7 @@ def demo(workdir, repository, clip_model, clip_weights, checkpoint, face_dir, ba
             click.echo(format_table(list(zip(names, out.labels, out.probabilities)), out.classes))
             model = ckpt.build_model()
             with torch.no_grad():
-                expected = model(Preprocess()(torch.from_numpy(faces))).probabilities.numpy()
+                expected = model(model.preprocess(torch.from_numpy(faces))).probabilities.numpy()
             diff = float(np.abs(expected - out.probabilities).max())
             click.echo(f"      served vs PyTorch probabilities: max |diff| = {diff:.2e}")
             click.echo(f"[5/5] timing {repeats} batches of {len(faces)}")

@@ -207,7 +207,7 @@ def to_wire(image, size: int) -> np.ndarray:
         raise ValueError(f"expected an RGB image, got mode {image.mode!r} (read files with read_image)")
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+    return np.array(image, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
 
 
 def read_face(source: str | Path | bytes, size: int, *, name: str | None = None,

@@ -1,8 +1,9 @@
 """Start and stop the real Triton Inference Server shipped in the nvidia-pytriton wheel.
 
 The wheel carries a full ``tritonserver`` (a GPU build that runs in CPU-only mode) plus the
-python backend; this module runs that binary directly on a model repository (see
-shared/docs/TRITON.md) and turns its failure modes into clear errors.
+python backend; this module runs that binary directly on a model repository (with the python
+backend's files linked into a private backend directory, and the library path set so the backend
+stub loads this interpreter's libpython) and turns its failure modes into clear errors.
 """
 
 from __future__ import annotations

@@ -185,7 +185,8 @@ def drift(images, jsonl, url, model, repository, reference, write_reference, lim
         click.echo(json.dumps(report.as_dict() | {"reference": str(path)}))
     else:
         click.echo(f"reference {path} ({report.reference_size} faces); recent sample {report.sample_size} faces"
-                   + (f", {sample.skipped} JSON line(s) without a result skipped" if sample.skipped else ""))
+                   + (f", {sample.skipped} {'image(s) unreadable' if images else 'JSON line(s) without a result'} skipped"
+                      if sample.skipped else ""))
         for s in report.statistics:
             value = "n/a (no masked features)" if s.value is None else f"{s.value:.3f}"
             click.echo(f"  {s.name:<16} {value:<26} limit {s.limit:<5g} {'EXCEEDED' if s.exceeded else 'ok'}")

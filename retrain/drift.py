@@ -16,6 +16,7 @@ A retrain is advised when any statistic passes its limit; the report says which 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from fer_triton.labels import CLASSES
+
+log = logging.getLogger(__name__)
 
 REFERENCE_FILE = "drift_reference.npz"
 DEFAULT_LIMITS = {"feature_shift": 0.5, "label_js": 0.1, "confidence_drop": 0.1}
@@ -39,7 +42,7 @@ class SiteSample:
 
     probabilities: np.ndarray
     masked_features: np.ndarray | None = None
-    skipped: int = 0            # JSON Lines without a result (errors, events)
+    skipped: int = 0            # JSON Lines without a result (errors, events), or unreadable image files
 
     def __post_init__(self):
         if self.probabilities.ndim != 2 or self.probabilities.shape[1] != len(CLASSES):
@@ -141,6 +144,16 @@ class DriftReport:
 
 
 def check_drift(reference: DriftReference, sample: SiteSample, limits: dict[str, float] | None = None) -> DriftReport:
+    """Compare recent results with the reference a retrain wrote; say whether a retrain is advised.
+
+    Statistics (each against its limit in ``limits``, defaults in DEFAULT_LIMITS):
+    ``feature_shift``: mean over the 512 channels of |mean_sample - mean_reference| / std_reference of
+    the masked features (in reference standard deviations; needs features in the sample);
+    ``label_js``: Jensen-Shannon divergence (bits, 0..1) of the predicted-class shares;
+    ``confidence_drop``: fall in the mean top-class probability (0..1).
+    ``sample.probabilities``: FP32 [N, 7], N >= MIN_SAMPLE; ``sample.masked_features``: FP32 [N, 512]
+    or None. Raises DriftError for an unknown statistic, too small a sample or mismatched channels.
+    """
     limits = {**DEFAULT_LIMITS, **(limits or {})}
     unknown = set(limits) - set(DEFAULT_LIMITS)
     if unknown:
@@ -210,7 +223,11 @@ def read_jsonl(path: Path, classes: tuple[str, ...] = CLASSES) -> SiteSample:
 
 
 def sample_from_images(client, images: list[Path], *, batch_size: int = 32, progress: bool = True) -> SiteSample:
-    """Send face images (files or folders) through the served ensemble; every file must be readable."""
+    """Send face images (files or folders) through the served ensemble.
+
+    Each unreadable file is logged by name ("skipped <file>: <reason>") and counted in
+    ``SiteSample.skipped``; the others are used. Raises DriftError when no image is found or none reads.
+    """
     from fer_triton.images import ImageReadError, list_images, read_face
     from fer_triton.retrain.features import extract_features
 
@@ -223,8 +240,9 @@ def sample_from_images(client, images: list[Path], *, batch_size: int = 32, prog
         try:
             faces.append(read_face(path, size))
         except ImageReadError as exc:
+            log.warning("skipped %s", exc)
             bad.append(str(exc))
-    if bad:
-        raise DriftError(f"{len(bad)} image(s) cannot be read:\n  " + "\n  ".join(bad[:20]))
+    if not faces:
+        raise DriftError(f"none of the {len(paths)} image(s) can be read:\n  " + "\n  ".join(bad[:20]))
     out = extract_features(client, np.stack(faces), batch_size=batch_size, progress=progress, description="drift")
-    return SiteSample(out.probabilities, out.masked_features)
+    return SiteSample(out.probabilities, out.masked_features, len(bad))

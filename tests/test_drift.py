@@ -131,7 +131,8 @@ def test_drift_command_flags_a_shifted_site_not_the_same_site(triton_server, tmp
     assert result["reasons"][0].startswith("feature_shift")
 
 
-def test_drift_uses_the_served_head_versions_reference_and_names_bad_input(triton_server, repository_copy, tmp_path):
+def test_drift_uses_the_served_head_versions_reference_and_names_bad_input(triton_server, repository_copy, tmp_path,
+                                                                          caplog):
     runner = CliRunner()
     url = triton_server.grpc_url
     images = write_site(tmp_path / "site", 2, seed=3, background=BACKDROP)
@@ -149,6 +150,14 @@ def test_drift_uses_the_served_head_versions_reference_and_names_bad_input(trito
     assert "either --images or --jsonl" in runner.invoke(cli, base).output
     bad_limit = runner.invoke(cli, base + ["--images", str(images), "--limit", "feature_shift"])
     assert bad_limit.exit_code == 2 and "expected NAME=NUMBER" in bad_limit.output
+    # An unreadable image is named and skipped; the other images are still checked.
     (images / "Happy" / "broken.png").write_bytes(b"junk")
-    broken = runner.invoke(cli, base + ["--images", str(images)])
-    assert broken.exit_code == 1 and "broken.png" in broken.output
+    with caplog.at_level("WARNING"):
+        broken = runner.invoke(cli, base + ["--images", str(images)])
+    assert broken.exit_code == 0, broken.output
+    assert "recent sample 14 faces, 1 image(s) unreadable skipped" in broken.output
+    assert any("broken.png" in r.getMessage() and r.getMessage().startswith("skipped ") for r in caplog.records)
+    for image in images.rglob("*.png"):
+        image.write_bytes(b"junk")
+    none = runner.invoke(cli, base + ["--images", str(images)])
+    assert none.exit_code == 1 and "none of the 15 image(s) can be read" in none.output

@@ -114,7 +114,7 @@ def _head_versions(repository):
 
 
 @pytest.mark.parametrize("problem,message", [
-    ("unreadable", "1 site image(s) cannot be read"),
+    ("unreadable", "none of the 21 site image(s) can be read"),
     ("wrong-model", "has no ready ensemble 'nope'"),
     ("not-the-repository", "serves cafe_head version 1 but"),
     ("no-repository", "is not a model folder"),
@@ -124,7 +124,8 @@ def test_retrain_errors_leave_the_serving_head_untouched(problem, message, trito
     data = write_site(tmp_path / "site", 3, seed=2)
     repository, url, model = repository_copy, triton_server.grpc_url, "cafe"
     if problem == "unreadable":
-        (data / "Happy" / "broken.png").write_bytes(b"not a png")
+        for image in data.rglob("*.png"):
+            image.write_bytes(b"not a png")
     elif problem == "wrong-model":
         model = "nope"
     elif problem == "not-the-repository":
@@ -140,9 +141,27 @@ def test_retrain_errors_leave_the_serving_head_untouched(problem, message, trito
     assert message in result.output
     assert "the serving head is unchanged" in result.output
     if problem == "unreadable":
-        assert "broken.png" in result.output
+        assert "Happy/" in result.output and "not a readable image" in result.output
     assert _head_versions(repository_copy) in (["1"], ["1", "2"])
     np.testing.assert_array_equal(served(triton_server.grpc_url, draw_site(1, seed=3)[0]).probabilities, before)
+
+
+def test_unreadable_site_images_are_named_and_the_others_used(triton_server, repository_copy, tmp_path, caplog):
+    """A decompression bomb and a broken file among good images: both named, the retrain goes on."""
+    from PIL import Image
+
+    data = write_site(tmp_path / "site", 3, seed=2)
+    Image.new("1", (14000, 14000)).save(data / "Happy" / "bomb.png")
+    (data / "Sad" / "broken.png").write_bytes(b"not a png")
+    with caplog.at_level("WARNING"):
+        result = retrain(data, triton_server.grpc_url, repository_copy,
+                         options=RetrainOptions(progress=False, publish=False, report_dir=tmp_path / "report"))
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped ")]
+    assert len(skipped) == 2 and any("bomb.png" in m and "--max-pixels" in m for m in skipped)
+    assert any("broken.png" in m for m in skipped)
+    # The 21 good images were used: the held-out comparison counts their held-out share.
+    assert int(result.comparison.serving.confusion.sum()) == len(holdout_split(np.repeat(np.arange(7), 3), 0.25, 0)[1])
+    assert _head_versions(repository_copy) == ["1"]
 
 
 # -- site data rules (no server) ---------------------------------------------------------------------
@@ -153,7 +172,8 @@ def test_class_folders_and_csv_read_the_same_site(tmp_path):
     assert len(folders) == len(table) == 14
     assert folders.counts() == table.counts() == {c: 2 for c in CLASSES}
     order = lambda data: np.argsort([p.name for p in data.paths])  # noqa: E731  same file names, other folders
-    np.testing.assert_array_equal(folders.read_faces(224)[order(folders)], table.read_faces(224)[order(table)])
+    np.testing.assert_array_equal(folders.read_faces(224).faces[order(folders)],
+                                  table.read_faces(224).faces[order(table)])
     np.testing.assert_array_equal(folders.labels[order(folders)], table.labels[order(table)])
 
 

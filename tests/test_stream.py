@@ -148,10 +148,14 @@ def test_server_killed_and_restarted_mid_stream_loses_no_face(server_factory, ti
 
 
 def corrupt_tail(path: Path) -> Path:
-    """Overwrite bytes in the last frame of an MJPG AVI: FFmpeg cannot decode that frame."""
+    """Zero the JPEG data of frame 5 of an MJPG AVI, its chunk header kept: FFmpeg cannot decode that frame."""
     data = bytearray(path.read_bytes())
-    start = len(data) // 2
-    data[start:start + 3000] = bytes([0xAB]) * 3000
+    start = data.index(b"00dc", data.index(b"movi"))  # the first frame's chunk
+    for _ in range(5):  # chunk = "00dc", size (little-endian), data padded to even
+        size = int.from_bytes(data[start + 4:start + 8], "little")
+        start += 8 + size + (size & 1)
+    size = int.from_bytes(data[start + 4:start + 8], "little")
+    data[start + 8:start + 8 + size] = bytes(size)
     bad = path.with_name("corrupt.avi")
     bad.write_bytes(bytes(data))
     return bad

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from fer_triton.options import max_pixels_option
+
 DATA_HELP = ("[NAME=][KIND:]PATH, KIND one of rafdb, affectnet, folder (recognised from the layout when "
              "left out); e.g. RAF-DB=rafdb:/data/raf-basic, SFEW=folder:/data/SFEW/Val")
 
@@ -29,10 +31,26 @@ def _open(spec_text: str, split: str, class_map: str, ignore_class: tuple[str, .
     return open_dataset(parse_spec(spec_text), split, class_map, ignore_class)
 
 
-class_map_option = click.option("--class-map", type=click.Choice(["names", "alphabetical"]), default="names",
-                                show_default=True,
-                                help="Folder datasets: class folders named after expressions, or 7 folders "
-                                     "in Angry..Surprise order (ALPHABETICAL_TO_RAFDB).")
+def _check_class_map(ctx, param, value: str) -> str:
+    """--class-map: refuse an unknown keyword or a bad list of names here, before any dataset is read."""
+    from fer_triton.labels import parse_class_map
+
+    try:
+        parse_class_map(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value
+
+
+class_map_option = click.option(
+    "--class-map", default="names", show_default=True, metavar="MAP", callback=_check_class_map,
+    help="Folder datasets: how class folders become classes. 'names': folders named after expressions; "
+         "'alphabetical': 7 expression folders sorted A..Z (Angry, Disgust, Fear, Happy, Neutral, Sad, Surprise; "
+         "SFEW, MMA); numbered folders: 'fer2013' (0 Angry, 1 Disgust, 2 Fear, 3 Happy, 4 Sad, 5 Surprise, "
+         "6 Neutral), 'rafdb' (1 Surprise, 2 Fear, 3 Disgust, 4 Happy, 5 Sad, 6 Angry, 7 Neutral), 'affectnet' "
+         "(0 Neutral, 1 Happy, 2 Sad, 3 Surprise, 4 Fear, 5 Disgust, 6 Anger; 7 Contempt not used), or the "
+         "7 expressions of folders 0..6 in numeric order, comma-separated (e.g. "
+         "angry,disgust,fear,happy,sad,surprise,neutral). Numbered folders need one of the numberings.")
 ignore_class_option = click.option("--ignore-class", multiple=True, metavar="FOLDER",
                                    help="Folder datasets: a class folder to leave out (e.g. Contempt); repeatable.")
 
@@ -72,6 +90,7 @@ ignore_class_option = click.option("--ignore-class", multiple=True, metavar="FOL
 @click.option("--max-steps", type=int, help="Stop every epoch after this many steps (smoke runs).")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last finished epoch.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@max_pixels_option
 def train(data_spec, val_spec, output, epochs, batch_size, lr, weight_decay, lr_gamma, seed, div_weight,
           sep_weight, drop_per_block, augment, cache_clip_features, cache_dir, clip_model, clip_weights,
           embed_clip, mask_init, class_map, ignore_class, workers, device, max_steps, resume, no_progress):
@@ -142,6 +161,7 @@ def train(data_spec, val_spec, output, epochs, batch_size, lr, weight_decay, lr_
 @ignore_class_option
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Print gRPC requests (tritonclient verbose).")
+@max_pixels_option
 def evaluate(checkpoints, data_specs, output, url, model, row_names, batch_size, workers, device, cache_dir,
              class_map, ignore_class, no_progress, verbose):
     """Accuracy per test set and the mean, per-class recall, confusion matrices (the paper's Table 1 layout)."""
@@ -224,12 +244,13 @@ def _row_name(ckpt, path: Path, table: dict) -> str:
 @click.option("--top-k", default=10, show_default=True, help="Channels listed per class.")
 @class_map_option
 @ignore_class_option
+@max_pixels_option
 def explain(images, checkpoint, output, target, data_spec, max_images, top_k, class_map, ignore_class):
     """PNG pictures of what the model relies on: mask-net Grad-CAM, CLIP gradient x input, kept channels."""
     import numpy as np
 
     from fer_triton.checkpoint import CAFECheckpoint
-    from fer_triton.images import list_images, read_face, to_wire
+    from fer_triton.images import ImageReadError, list_images, read_face, to_wire
     from fer_triton.labels import class_index
     from fer_triton.train import explain as ex
 
@@ -239,10 +260,16 @@ def explain(images, checkpoint, output, target, data_spec, max_images, top_k, cl
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = ckpt.build_model()
-        paths = list_images(list(images))
-        if not paths:
-            raise ValueError(f"no image files in {', '.join(map(str, images))}")
-        faces = np.stack([read_face(p, 224) for p in paths])
+        size = model.preprocess.image_size
+        read = []
+        for path in list_images(list(images)):
+            try:
+                read.append((path, read_face(path, size)))
+            except ImageReadError as exc:
+                click.echo(f"skipped {exc}", err=True)
+        if not read:
+            raise ValueError(f"no readable image in {', '.join(map(str, images))}")
+        paths, faces = [p for p, _ in read], np.stack([f for _, f in read])
         predicted = []
         used = set()
         for path, face in zip(paths, faces):
@@ -253,12 +280,10 @@ def explain(images, checkpoint, output, target, data_spec, max_images, top_k, cl
             out = ex.save_explanation(e, output / f"{stem}.png")
             click.echo(f"{path}: {ex.CLASSES[predicted[-1]]} {100 * e.probabilities.max():.1f}% -> {out}")
         if data_spec:
-            from PIL import Image
-
             ds = _open(data_spec, "test", class_map, ignore_class)
             # An evenly spread subset, so sorted folders still give every class.
             picked = np.unique(np.linspace(0, len(ds) - 1, min(len(ds), max_images)).astype(int))
-            stats_faces = np.stack([to_wire(Image.fromarray(ds.load(int(i))), 224) for i in picked])
+            stats_faces = np.stack([to_wire(ds.load(int(i)), size) for i in picked])
             stats_labels, basis = ds.labels[picked], f"{len(picked)} images of {ds.name} by true label"
         else:
             stats_faces, stats_labels, basis = faces, np.array(predicted), "the given images by predicted class"
