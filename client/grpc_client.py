@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -73,15 +74,35 @@ def _server_error(exc: InferenceServerException, what: str) -> FerServerError:
 
 
 class FerClient:
-    """Synchronous gRPC client for one server URL. Thread-safe for concurrent ``infer`` calls."""
+    """Synchronous gRPC client for one server URL. Thread-safe for concurrent ``infer`` calls.
 
-    def __init__(self, url: str = DEFAULT_URL, model: str = DEFAULT_MODEL, *, verbose: bool = False,
-                 timeout_s: float | None = 60.0, channel_args: list[tuple] | None = None):
+    ``url``: "host:port" of Triton's gRPC endpoint. ``model``: the ensemble's name;
+    ``model_version``: "" for the version Triton's policy serves, or a version number as text.
+    ``timeout_s``: deadline of each call in seconds (None: no deadline).
+    ``headers``: sent with every call (for example an admin key that model control requires, or
+    the authorisation header of a proxy in front of Triton).
+    TLS: ``ssl=True`` with optional PEM files ``root_certificates``, ``private_key`` and
+    ``certificate_chain`` (mutual TLS), or ready-made ``creds`` (``grpc.ChannelCredentials``);
+    these and ``keepalive_options`` (``tritonclient.grpc.KeepAliveOptions``) and ``channel_args``
+    (gRPC channel options, replacing tritonclient's defaults) are passed to
+    ``tritonclient.grpc.InferenceServerClient`` unchanged.
+    Raises FerServerError from calls the server refuses or cannot be reached for.
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, model: str = DEFAULT_MODEL, *, model_version: str = "",
+                 verbose: bool = False, timeout_s: float | None = 60.0, headers: dict[str, str] | None = None,
+                 ssl: bool = False, root_certificates: str | None = None, private_key: str | None = None,
+                 certificate_chain: str | None = None, creds=None, keepalive_options=None,
+                 channel_args: list[tuple] | None = None):
         self.url = url
         self.model = model
+        self.model_version = str(model_version)
         self.timeout_s = timeout_s
-        # channel_args (gRPC channel options) replace tritonclient's defaults when given.
-        self._client = grpcclient.InferenceServerClient(url=url, verbose=verbose, channel_args=channel_args)
+        self.headers = dict(headers or {})
+        self._client = grpcclient.InferenceServerClient(
+            url=url, verbose=verbose, ssl=ssl, root_certificates=root_certificates, private_key=private_key,
+            certificate_chain=certificate_chain, creds=creds, keepalive_options=keepalive_options,
+            channel_args=channel_args)
         self._info: ModelInfo | None = None
 
     def close(self) -> None:
@@ -99,9 +120,15 @@ class FerClient:
         return self._client
 
     def info(self, refresh: bool = False) -> ModelInfo:
+        """What the served ensemble accepts: wire size S, max batch, classes, export metadata.
+
+        Read once from the model's config (``refresh`` reads it again). Raises FerServerError when the
+        server cannot be reached or does not serve the model.
+        """
         if self._info is None or refresh:
             try:
-                cfg = self._client.get_model_config(self.model, as_json=True, client_timeout=self.timeout_s)["config"]
+                cfg = self._client.get_model_config(self.model, self.model_version, headers=self.headers,
+                                                    as_json=True, client_timeout=self.timeout_s)["config"]
             except InferenceServerException as exc:
                 raise _server_error(exc, f"cannot read model {self.model!r} from {self.url}") from exc
             dims = [int(d) for d in cfg["input"][0]["dims"]]
@@ -148,12 +175,16 @@ class FerClient:
         )
 
     def infer(self, faces: np.ndarray, *, with_features: bool = False, request_id: str = "") -> InferOutput:
-        """One request for a batch of faces (UINT8 [B, S, S, 3]); raises FerInputError / FerServerError."""
+        """One request for a batch of faces UINT8 [B, S, S, 3] (S: ``info().wire_size``).
+
+        Returns probabilities and logits FP32 [B, 7] (and masked_features FP32 [B, 512] with
+        ``with_features``). Raises FerInputError (nothing sent) or FerServerError (refused or failed).
+        """
         self.check_batch(faces)
         inputs, outputs = self._request(faces, with_features)
         try:
-            result = self._client.infer(self.model, inputs, outputs=outputs, request_id=request_id,
-                                        client_timeout=self.timeout_s)
+            result = self._client.infer(self.model, inputs, self.model_version, outputs=outputs,
+                                        request_id=request_id, headers=self.headers, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise _server_error(exc, f"inference on {self.model!r} at {self.url} failed") from exc
         return self._output(result)
@@ -171,18 +202,28 @@ class FerClient:
                 callback(self._output(result), None)
 
         try:
-            self._client.async_infer(self.model, inputs, done, outputs=outputs, request_id=request_id,
-                                     client_timeout=self.timeout_s)
+            self._client.async_infer(self.model, inputs, done, self.model_version, outputs=outputs,
+                                     request_id=request_id, headers=self.headers, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise _server_error(exc, f"inference on {self.model!r} at {self.url} failed") from exc
 
-    def infer_all(self, faces: np.ndarray, *, batch_size: int | None = None, with_features: bool = False) -> InferOutput:
-        """Any number of faces, sent in batches of at most ``batch_size`` (default: max_batch_size)."""
+    def infer_all(self, faces: np.ndarray, *, batch_size: int | None = None, with_features: bool = False,
+                  on_batch: Callable[[int], None] | None = None) -> InferOutput:
+        """Any number of faces (UINT8 [N, S, S, 3]), sent in requests of at most ``batch_size`` faces.
+
+        ``batch_size`` defaults to the model's max_batch_size and is capped by it. ``on_batch(n)`` is
+        called after each request with its number of faces (a progress bar's update). Returns the
+        outputs of all N faces in order; raises FerInputError / FerServerError as :meth:`infer`.
+        """
         info = self.info()
-        step = batch_size or info.max_batch_size or len(faces)
-        parts = [self.infer(faces[i:i + step], with_features=with_features) for i in range(0, len(faces), step)]
-        if not parts:
+        if len(faces) == 0:
             raise FerInputError("empty batch: send at least one face")
+        step = min(batch_size or info.max_batch_size or len(faces), info.max_batch_size or len(faces))
+        parts = []
+        for start in range(0, len(faces), max(1, step)):
+            parts.append(self.infer(faces[start:start + step], with_features=with_features))
+            if on_batch is not None:
+                on_batch(len(parts[-1].probabilities))
         cat = lambda name: (None if getattr(parts[0], name) is None  # noqa: E731
                             else np.concatenate([getattr(p, name) for p in parts]))
         return InferOutput(cat("probabilities"), info.classes, cat("logits"), cat("masked_features"))

@@ -431,6 +431,16 @@ class StreamPipeline:
 
     # ---- run -------------------------------------------------------------------------------
     def run(self) -> StreamSummary:
+        """Stream every source to the servers until all sources end or a stop is asked for; blocks.
+
+        Frames are read per camera, faces found and cropped to the served wire size (UINT8
+        [S, S, 3]), batched across cameras (at most ``batch_size`` faces, waiting at most
+        ``max_wait_ms`` milliseconds) and sent with at most ``in_flight`` requests outstanding. Each
+        result is written as one JSON Lines record; every frame read ends as a result, a drop, a bad
+        frame, a no-face record, an error record, or an ``unfinished`` record after a stop. Returns the
+        StreamSummary (per-camera counts, faces/s, latency percentiles in milliseconds). Raises
+        FerServerError when no server answers within ``connect_wait_s`` at the start.
+        """
         info = self.info = self.pool.info(wait_s=self.config.connect_wait_s)
         self._batch_size = min(self.config.batch_size, info.max_batch_size or self.config.batch_size)
         if self._out is not None:

@@ -24,7 +24,7 @@ import torch
 
 from fer_triton import clip_loader
 from fer_triton.labels import CLASSES
-from fer_triton.model import CAFE, IMAGENET_MEAN, IMAGENET_STD, MODEL_IMAGE_SIZE, Head, MaskNet
+from fer_triton.model import CAFE, Head, MaskNet, Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,7 @@ class CAFECheckpoint:
     clip_state_dict: dict | None = None
     mask_net_init: str = "random"
     classes: tuple[str, ...] = CLASSES
-    preprocess: dict = field(default_factory=lambda: {
-        "image_size": MODEL_IMAGE_SIZE, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-        "resize": "bilinear",
-    })
+    preprocess: dict = field(default_factory=lambda: Preprocess().config())
     meta: dict = field(default_factory=dict)
 
     @property
@@ -63,7 +60,14 @@ class CAFECheckpoint:
 
     # -- build ------------------------------------------------------------------------------
     def build_model(self) -> CAFE:
-        """Rebuild the CAFE model in eval mode (loads CLIP weights as recorded)."""
+        """Rebuild the CAFE model in eval mode: CLIP weights and preprocessing as recorded.
+
+        Raises CheckpointError when the recorded preprocessing cannot be honoured.
+        """
+        try:
+            preprocess = Preprocess.from_config(self.preprocess)
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint of {self.clip_model}: {exc}") from exc
         clip_loader.register_model_config(self.clip_model, self.clip_config)
         if self.clip_state_dict is not None:
             with warnings.catch_warnings():
@@ -76,7 +80,7 @@ class CAFECheckpoint:
         mask_net.load_state_dict(self.mask_net)
         head = Head(num_classes=len(self.classes))
         head.load_state_dict(self.head)
-        return CAFE(encoder, mask_net, head).eval()
+        return CAFE(encoder, mask_net, head, preprocess).eval()
 
     # -- save / load ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +153,7 @@ class CAFECheckpoint:
             mask_net={k: v.detach().clone() for k, v in model.mask_net.state_dict().items()},
             head={k: v.detach().clone() for k, v in model.head.state_dict().items()},
             mask_net_init=mask_net_init,
+            preprocess=model.preprocess.config(),
             meta=dict(meta or {}),
         )
 

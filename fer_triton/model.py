@@ -28,24 +28,58 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MODEL_IMAGE_SIZE = 224
 
 
+RESIZE_MODES = ("bilinear",)
+
+
 class Preprocess(nn.Module):
     """UINT8 RGB face crops [B,H,W,3] -> ImageNet-normalised FP32 [B,3,224,224].
 
-    Bilinear resize (half-pixel centres, no antialias, no centre crop) only when the wire size
-    differs from 224. The official code feeds this same tensor to both branches (not CLIP's mean/std).
+    ``(x / 255 - mean) / std`` per channel, mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225):
+    the ImageNet statistics the official CAFE code (``ours_CAFE.py``) feeds to BOTH branches, not
+    CLIP's own mean/std. Bilinear resize (half-pixel centres, no antialias, no centre crop) only when
+    the wire size differs from ``image_size``. This module is the one definition of the model's
+    preprocessing: export writes it as the ``cafe_preprocess`` graph, training and retraining call it,
+    and a checkpoint records its settings (:meth:`config`, read back by :meth:`from_config`).
     """
 
     def __init__(self, image_size: int = MODEL_IMAGE_SIZE,
                  mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
         super().__init__()
         self.image_size = image_size
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         # Fold /255 and the normalisation into one multiply-add.
         mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.register_buffer("scale", 1.0 / (255.0 * std_t), persistent=False)
         self.register_buffer("offset", -mean_t / std_t, persistent=False)
 
+    def config(self) -> dict:
+        """The settings a checkpoint records: image_size, mean, std, resize."""
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std), "resize": "bilinear"}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Preprocess":
+        """Rebuild from :meth:`config`'s dict; raises ValueError naming a field that cannot be honoured."""
+        unknown = set(config) - {"image_size", "mean", "std", "resize"}
+        if unknown:
+            raise ValueError(f"preprocess settings: unknown field(s) {sorted(unknown)}")
+        resize = config.get("resize", "bilinear")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"preprocess settings: resize {resize!r} is not supported (only {', '.join(RESIZE_MODES)})")
+        mean, std = config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD)
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"preprocess settings: mean and std need 3 values each, std > 0 (got {mean}, {std})")
+        size = int(config.get("image_size", MODEL_IMAGE_SIZE))
+        if size < 1:
+            raise ValueError(f"preprocess settings: image_size must be positive, not {size}")
+        return cls(size, tuple(mean), tuple(std))
+
+    def cpu_copy(self) -> "Preprocess":
+        """The same preprocessing on the CPU (for DataLoader workers, whatever device the model is on)."""
+        return Preprocess.from_config(self.config())
+
     def forward(self, faces: torch.Tensor, resize: bool = True) -> torch.Tensor:
+        """``faces``: UINT8 (or float 0..255) [B,H,W,3] -> FP32 [B,3,image_size,image_size]."""
         x = faces.permute(0, 3, 1, 2).to(torch.float32)
         if resize and x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
@@ -117,10 +151,17 @@ class CAFEOutput:
 
 
 class CAFE(nn.Module):
-    """The whole model on normalised pixels. CLIP stays frozen (no_grad, eval) even in train()."""
+    """The whole model on normalised pixels. CLIP stays frozen (no_grad, eval) even in train().
 
-    def __init__(self, clip_encoder: CLIPImageEncoder, mask_net: MaskNet | None = None, head: Head | None = None):
+    ``preprocess`` (UINT8 faces -> pixels) travels with the model so that every user of a model
+    (export, training, retrain, checks) normalises as its checkpoint recorded; ``forward`` itself
+    takes pixels, as the ensemble's CLIP and mask-net stages do.
+    """
+
+    def __init__(self, clip_encoder: CLIPImageEncoder, mask_net: MaskNet | None = None, head: Head | None = None,
+                 preprocess: Preprocess | None = None):
         super().__init__()
+        self.preprocess = preprocess or Preprocess()
         self.clip = clip_encoder
         self.clip.requires_grad_(False)
         self.mask_net = mask_net or MaskNet()

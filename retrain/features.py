@@ -27,15 +27,13 @@ class SiteFeatures:
 
 def extract_features(client: FerClient, faces: np.ndarray, *, batch_size: int = 32,
                      progress: bool = True, description: str = "features") -> SiteFeatures:
-    """Send ``faces`` (UINT8 [N,S,S,3]) through the ensemble in batches, with a tqdm progress bar."""
+    """Send ``faces`` (UINT8 [N,S,S,3]) through the ensemble in batches, with a tqdm progress bar.
+
+    Returns masked features FP32 [N, 512] and the serving head's probabilities FP32 [N, 7];
+    raises FerInputError / FerServerError as ``FerClient.infer_all``.
+    """
     from tqdm import tqdm
 
-    step = max(1, min(batch_size, client.info().max_batch_size or batch_size))
-    features, probabilities = [], []
     with tqdm(total=len(faces), desc=description, unit="img", disable=not progress, leave=False) as bar:
-        for start in range(0, len(faces), step):
-            out = client.infer(faces[start:start + step], with_features=True)
-            features.append(out.masked_features)
-            probabilities.append(out.probabilities)
-            bar.update(len(out.probabilities))
-    return SiteFeatures(np.concatenate(features), np.concatenate(probabilities))
+        out = client.infer_all(faces, batch_size=batch_size, with_features=True, on_batch=bar.update)
+    return SiteFeatures(out.masked_features, out.probabilities)

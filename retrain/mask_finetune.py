@@ -116,10 +116,13 @@ def load_mask_net(path: Path) -> tuple[CAFECheckpoint, MaskNet]:
     return ckpt, net.eval()
 
 
-def mask_logits(net: MaskNet, faces: np.ndarray, *, batch_size: int = 32,
+def mask_logits(net: MaskNet, faces: np.ndarray, preprocess: Preprocess, *, batch_size: int = 32,
                 device: torch.device = torch.device("cpu")) -> np.ndarray:
-    """The mask net's logits [N, 512] for UINT8 faces [N, S, S, 3], in eval mode (as served)."""
-    preprocess = Preprocess().to(device)
+    """The mask net's logits FP32 [N, 512] for UINT8 faces [N, S, S, 3], in eval mode (as served).
+
+    ``preprocess``: the checkpoint's (``Preprocess.from_config(checkpoint.preprocess)``).
+    """
+    preprocess = preprocess.cpu_copy().to(device)
     net = net.to(device).eval()
     out = []
     with torch.no_grad():
@@ -129,17 +132,22 @@ def mask_logits(net: MaskNet, faces: np.ndarray, *, batch_size: int = 32,
     return np.concatenate(out)
 
 
-def check_matches_served(net: MaskNet, faces: np.ndarray, onnx_path: Path, atol: float, source: Path) -> float:
-    """Max |diff| between the checkpoint mask net and the served graph on ``faces``; raises above ``atol``."""
+def check_matches_served(net: MaskNet, faces: np.ndarray, onnx_path: Path, atol: float, source: Path,
+                         preprocess: Preprocess) -> float:
+    """Max |diff| between the checkpoint mask net and the served graph on ``faces``; raises above ``atol``.
+
+    Both run on the pixels of ``preprocess`` (the checkpoint's), so a checkpoint whose preprocessing
+    differs from the served one's fails here too.
+    """
     import onnxruntime as ort
 
     if not onnx_path.is_file():
         raise MaskFineTuneError(f"{onnx_path} is missing: the served mask net cannot be compared with {source}")
     with torch.no_grad():
-        pixels = Preprocess()(torch.from_numpy(faces)).numpy()
+        pixels = preprocess(torch.from_numpy(faces)).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     (served,) = session.run(["mask_logits"], {"pixels": pixels})
-    diff = float(np.abs(served - mask_logits(net, faces)).max())
+    diff = float(np.abs(served - mask_logits(net, faces, preprocess)).max())
     if diff > atol:
         raise MaskFineTuneError(
             f"the mask net in {source} is not the served one ({onnx_path}): mask logits differ by {diff:.3g} "
@@ -177,14 +185,16 @@ def fine_tune_mask(net: MaskNet, base: CAFECheckpoint, base_path: Path, faces: n
     device = options.torch_device()
     started = time.perf_counter()
     tuned = copy.deepcopy(net)  # mask_logits moves it to the device
-    clip = recover_clip_features(served_masked, mask_logits(tuned, faces, batch_size=options.batch_size, device=device))
+    base_preprocess = Preprocess.from_config(base.preprocess)
+    clip = recover_clip_features(served_masked, mask_logits(tuned, faces, base_preprocess,
+                                                            batch_size=options.batch_size, device=device))
 
     torch.manual_seed(seed)
     tuned.train()
     head = start_head.to_module().to(device)
     optimizer = torch.optim.Adam(list(tuned.parameters()) + list(head.parameters()), lr=options.lr,
                                  weight_decay=options.weight_decay)
-    preprocess = Preprocess().to(device)
+    preprocess = base_preprocess.cpu_copy().to(device)
     erase = transforms.RandomErasing(p=0.5, scale=(0.02, 0.25))
     drop_rng = torch.Generator().manual_seed(seed)
     clip_t = torch.from_numpy(clip).to(device)
@@ -219,7 +229,8 @@ def fine_tune_mask(net: MaskNet, base: CAFECheckpoint, base_path: Path, faces: n
         log.info("mask fine-tune epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in record.items()))
     bar.close()
 
-    masked = (clip * _gate(mask_logits(tuned, faces, batch_size=options.batch_size, device=device))).astype(np.float32)
+    masked = (clip * _gate(mask_logits(tuned, faces, base_preprocess, batch_size=options.batch_size,
+                                              device=device))).astype(np.float32)
     tuned = tuned.cpu().eval()
     joint = LinearHead(head.fc.weight.detach().cpu().numpy(), head.fc.bias.detach().cpu().numpy())
     new_head = fit_head(masked[train], labels[train], l2=l2, init=joint, seed=seed)

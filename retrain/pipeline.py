@@ -14,6 +14,7 @@ import numpy as np
 from fer_triton import __version__
 from fer_triton.client import FerClient
 from fer_triton.export.repository import RepositoryLayout
+from fer_triton.model import Preprocess
 from fer_triton.retrain.compare import Comparison, compare_heads
 from fer_triton.retrain.drift import MIN_SAMPLE, REFERENCE_FILE, DriftReference, SiteSample
 from fer_triton.retrain.features import extract_features
@@ -80,6 +81,20 @@ def _starting_head(options: RetrainOptions, client: FerClient, heads: StageVersi
 
 def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = "cafe",
             options: RetrainOptions = RetrainOptions()) -> RetrainResult:
+    """Adapt the head (and with ``options.mask`` the mask net) to a site and publish it to a running server.
+
+    ``data``: the site's labelled images (class folders or a ``path,label`` CSV; see site_data).
+    ``url``: the Triton gRPC address serving ``model``; ``repository``: that server's model repository
+    on a filesystem this process can write. Steps: read the images (unreadable ones named and left
+    out), extract masked features FP32 [N, 512] and the serving head's probabilities through the
+    server, hold out ``options.holdout`` of each class, fit a Linear(512, 7) head on the rest, compare
+    it with the serving head on the held-out images (accuracy, balanced accuracy, per-class recall),
+    then publish version N+1 through Triton's model control and verify the served outputs, unless the
+    new head is worse (``options.force`` publishes anyway) or ``options.publish`` is False.
+    Returns a RetrainResult (comparison, versions, decision, report path, timings in seconds).
+    Raises SiteDataError (bad site data), PublishError (server or repository refused; the serving
+    version is kept), MaskFineTuneError, FerServerError, or ValueError for bad options.
+    """
     if options.init not in INITS:
         raise ValueError(f"init must be one of {', '.join(INITS)}, not {options.init!r}")
     if options.mask is not None:
@@ -94,7 +109,13 @@ def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = 
     with FerClient(url, model) as client:
         serving = check_serving(client, heads)
         tuner = _MaskTuner.prepare(client, masks, options.mask) if options.mask is not None else None
-        faces = site.read_faces(client.info().wire_size)
+        read = site.read_faces(client.info().wire_size)
+        for line in read.skipped_lines():  # unreadable files are named and left out; the others are used
+            log.warning("%s", line)
+        if read.skipped:
+            site = read.site
+            train, held = holdout_split(site.labels, options.holdout, options.seed)
+        faces = read.faces
         if tuner:  # before the long feature pass: a wrong checkpoint fails in seconds
             tuner.check(faces[:4])
         timings["read images"] = time.perf_counter() - t
@@ -175,7 +196,8 @@ class _MaskTuner:
 
     def check(self, faces: np.ndarray) -> None:
         onnx_path = self.masks.version_dir(self.serving) / "model.onnx"
-        self.match = check_matches_served(self.net, faces, onnx_path, self.options.match_atol, self.checkpoint_path)
+        self.match = check_matches_served(self.net, faces, onnx_path, self.options.match_atol, self.checkpoint_path,
+                                          Preprocess.from_config(self.base.preprocess))
 
     def fine_tune(self, faces, masked, labels, train, head, options: RetrainOptions) -> FineTunedMask:
         return fine_tune_mask(self.net, self.base, self.checkpoint_path, faces, masked, labels, train, head,

@@ -72,3 +72,42 @@ def test_infer_all_splits_large_batches(triton_server, tiny_checkpoint):
         out = client.infer_all(faces)
     assert out.probabilities.shape == (70, 7)
     assert np.abs(out.probabilities[-3:] - pytorch_probabilities(tiny_checkpoint, faces[-3:])).max() < 1e-4
+
+
+def test_client_sends_headers_model_version_and_speaks_tls(tiny_repository, tiny_checkpoint, tmp_path,
+                                                           server_factory):
+    """FerClient's production options against real servers: TLS, a restricted API, model versions."""
+    import shutil
+    import subprocess
+
+    from fer_triton.client import FerServerError
+
+    faces, _ = draw_faces(3, 224, seed=4)
+    expected = pytorch_probabilities(tiny_checkpoint, faces)
+    # Inference and config behind a header (tritonserver's --grpc-restricted-protocol; over gRPC,
+    # Triton 2.51 expects the key with the prefix "triton-grpc-protocol-").
+    key = {"triton-grpc-protocol-fer-key": "s3cret"}
+    restricted = server_factory(tiny_repository, extra_args=[
+        "--grpc-restricted-protocol=inference,model-config:fer-key=s3cret"])
+    with FerClient(restricted.grpc_url) as client, pytest.raises(FerServerError, match="fer-key"):
+        client.info()
+    with FerClient(restricted.grpc_url, headers=key) as client:
+        assert np.abs(client.infer(faces).probabilities - expected).max() < 1e-4
+    with FerClient(restricted.grpc_url, model_version="1", headers=key) as client:
+        assert np.abs(client.infer(faces).probabilities - expected).max() < 1e-4
+    with FerClient(restricted.grpc_url, model_version="7", headers=key) as client:
+        with pytest.raises(FerServerError, match="version"):
+            client.info()
+    # TLS with a self-signed certificate for 127.0.0.1.
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: the TLS half of this test needs it to make a certificate")
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    secure = server_factory(tiny_repository, extra_args=[
+        "--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"])
+    with FerClient(secure.grpc_url, ssl=True, root_certificates=str(cert)) as client:
+        assert np.abs(client.infer(faces).probabilities - expected).max() < 1e-4
+    with FerClient(secure.grpc_url, timeout_s=5) as plain, pytest.raises(FerServerError):
+        plain.info()  # a plaintext client cannot talk to the TLS endpoint

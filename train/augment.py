@@ -1,8 +1,10 @@
 """Image -> model tensor, with the paper's training augmentation or without any.
 
-Both paths resize exactly as serving does (``fer_triton.images.to_wire``: PIL bilinear to 224x224)
-and normalise with ImageNet's mean/std, so a model sees the same pixels in training, evaluation and
-on Triton. Randomness comes from torch's RNG only (DataLoader seeds it per worker from the run's seed).
+Both paths resize exactly as serving does (``fer_triton.images.to_wire``: PIL bilinear to the model's
+image size) and then normalise with the model's own :class:`fer_triton.model.Preprocess` (the one
+definition of the normalisation, also exported as the ensemble's preprocess graph), so a model sees
+the same pixels in training, evaluation and on Triton. Randomness comes from torch's RNG only
+(DataLoader seeds it per worker from the run's seed).
 """
 
 from __future__ import annotations
@@ -14,19 +16,18 @@ import torch
 from torchvision import transforms
 
 from fer_triton.images import to_wire
-from fer_triton.model import IMAGENET_MEAN, IMAGENET_STD, MODEL_IMAGE_SIZE
-
-_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+from fer_triton.model import Preprocess
 
 
-def to_model_tensor(image: np.ndarray, size: int = MODEL_IMAGE_SIZE) -> torch.Tensor:
-    """UINT8 RGB [H, W, 3] -> normalised FP32 [3, size, size] (Resize, ToTensor, Normalize)."""
-    from PIL import Image
+def to_model_tensor(image: np.ndarray, preprocess: Preprocess | None = None) -> torch.Tensor:
+    """UINT8 RGB [H, W, 3] -> normalised FP32 [3, S, S] (Resize, then ``preprocess``; S its image size).
 
-    wire = to_wire(Image.fromarray(image), size)
-    x = torch.from_numpy(np.array(wire, dtype=np.uint8)).permute(2, 0, 1).to(torch.float32) / 255.0
-    return (x - _MEAN) / _STD
+    ``preprocess`` defaults to the paper's (ImageNet mean/std, 224x224); pass ``model.preprocess``.
+    """
+    preprocess = preprocess or Preprocess()
+    wire = to_wire(image, preprocess.image_size)
+    with torch.no_grad():
+        return preprocess(torch.from_numpy(wire).unsqueeze(0))[0]
 
 
 def add_gaussian_noise(image: np.ndarray, std: float) -> np.ndarray:
@@ -45,16 +46,16 @@ class PaperAugment:
     be used when caching is chosen).
     """
 
-    def __init__(self, size: int = MODEL_IMAGE_SIZE, noise_p: float = 0.5, noise_std: float = math.sqrt(30),
+    def __init__(self, preprocess: Preprocess | None = None, noise_p: float = 0.5, noise_std: float = math.sqrt(30),
                  flip_p: float = 0.5, erase_p: float = 0.5, erase_scale: tuple[float, float] = (0.02, 0.25)):
-        self.size = size
+        self.preprocess = preprocess or Preprocess()
         self.noise_p, self.noise_std, self.flip_p = noise_p, noise_std, flip_p
         self.erase = transforms.RandomErasing(p=erase_p, scale=erase_scale) if erase_p > 0 else None
 
     def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, bool]:
         if self.noise_p > 0 and torch.rand(()) < self.noise_p:
             image = add_gaussian_noise(image, self.noise_std)
-        x = to_model_tensor(image, self.size)
+        x = to_model_tensor(image, self.preprocess)
         flipped = bool(torch.rand(()) < self.flip_p)
         if flipped:
             x = x.flip(-1)
@@ -66,16 +67,17 @@ class PaperAugment:
 class NoAugment:
     """Resize + normalise only (evaluation, and training with ``--augment none``)."""
 
-    def __init__(self, size: int = MODEL_IMAGE_SIZE):
-        self.size = size
+    def __init__(self, preprocess: Preprocess | None = None):
+        self.preprocess = preprocess or Preprocess()
 
     def __call__(self, image: np.ndarray) -> tuple[torch.Tensor, bool]:
-        return to_model_tensor(image, self.size), False
+        return to_model_tensor(image, self.preprocess), False
 
 
-def make_augment(name: str):
+def make_augment(name: str, preprocess: Preprocess | None = None):
+    """"paper" -> :class:`PaperAugment`, "none" -> :class:`NoAugment`; raises ValueError otherwise."""
     if name == "paper":
-        return PaperAugment()
+        return PaperAugment(preprocess)
     if name == "none":
-        return NoAugment()
+        return NoAugment(preprocess)
     raise ValueError(f"augment must be 'paper' or 'none', not {name!r}")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fer_triton.labels import CLASSES, NUM_CLASSES
-from fer_triton.model import CAFE, Preprocess
+from fer_triton.model import CAFE
 from fer_triton.train.losses import GROUP_SIZE
 
 
@@ -81,7 +81,7 @@ def explain_face(model: CAFE, face: np.ndarray, target: int | None = None) -> Ex
     if target is not None and not 0 <= target < NUM_CLASSES:
         raise ValueError(f"target must be a class index 0..{NUM_CLASSES - 1}, not {target}")
     model.eval()
-    pixels = Preprocess()(torch.from_numpy(np.array(face)).unsqueeze(0))
+    pixels = model.preprocess(torch.from_numpy(np.array(face)).unsqueeze(0))
     with torch.no_grad():
         out = model(pixels)
     target = int(out.probabilities.argmax()) if target is None else target
@@ -100,10 +100,9 @@ def explain_face(model: CAFE, face: np.ndarray, target: int | None = None) -> Ex
 def mask_keep_by_class(model: CAFE, faces: np.ndarray, labels: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Mean sigmoid(mask) [7, 512] of the faces of each class (NaN rows for classes with no face)."""
     model.eval()
-    preprocess = Preprocess()
     keeps = []
     for start in range(0, len(faces), batch_size):
-        pixels = preprocess(torch.from_numpy(faces[start:start + batch_size]))
+        pixels = model.preprocess(torch.from_numpy(faces[start:start + batch_size]))
         keeps.append(torch.sigmoid(model.mask_net(pixels)))
     keep = torch.cat(keeps).numpy()
     out = np.full((NUM_CLASSES, keep.shape[1]), np.nan)

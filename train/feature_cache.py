@@ -16,6 +16,7 @@ On disk a cache file is keyed by a fingerprint of the encoder's weights and of t
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fer_triton.model import Preprocess
 from fer_triton.train.augment import NoAugment
 from fer_triton.train.datasets import FaceDataset, TorchFaces
 
@@ -69,11 +71,15 @@ class ClipFeatureCache:
 
 @torch.no_grad()
 def compute_clip_features(encoder: torch.nn.Module, dataset: FaceDataset, *, flips: bool = False,
-                          batch_size: int = 64, workers: int = 0, progress: bool = True) -> ClipFeatureCache:
-    """Run the frozen encoder once over every (clean, and with ``flips`` mirrored) image."""
+                          batch_size: int = 64, workers: int = 0, progress: bool = True,
+                          preprocess: Preprocess | None = None) -> ClipFeatureCache:
+    """Run the frozen encoder once over every (clean, and with ``flips`` mirrored) image.
+
+    ``preprocess``: the model's (``model.preprocess``, on the CPU); default: the paper's.
+    """
     encoder.eval()
     device = next(encoder.parameters()).device
-    loader = DataLoader(TorchFaces(dataset, NoAugment()), batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(TorchFaces(dataset, NoAugment(preprocess)), batch_size=batch_size, shuffle=False, num_workers=workers)
     parts = []
     for pixels, _, _, _ in tqdm(loader, desc=f"CLIP features {dataset.name}", disable=not progress, leave=False):
         pixels = pixels.to(device)
@@ -86,12 +92,18 @@ def compute_clip_features(encoder: torch.nn.Module, dataset: FaceDataset, *, fli
 
 def cached_clip_features(encoder: torch.nn.Module, dataset: FaceDataset, cache_dir: str | Path | None, *,
                          flips: bool = False, batch_size: int = 64, workers: int = 0,
-                         progress: bool = True) -> ClipFeatureCache:
-    """Features from ``cache_dir`` when a matching file exists, else computed (and saved there)."""
+                         progress: bool = True, preprocess: Preprocess | None = None) -> ClipFeatureCache:
+    """Features from ``cache_dir`` when a matching file exists, else computed (and saved there).
+
+    The file name keys the dataset, the encoder's weights and the preprocessing settings.
+    """
+    preprocess = preprocess or Preprocess()
     if cache_dir is None:
         return compute_clip_features(encoder, dataset, flips=flips, batch_size=batch_size, workers=workers,
-                                     progress=progress)
-    key = f"{dataset_fingerprint(dataset)}-{encoder_fingerprint(encoder)}-{'flip' if flips else 'clean'}"
+                                     progress=progress, preprocess=preprocess)
+    settings = hashlib.sha1(json.dumps(preprocess.config(), sort_keys=True).encode()).hexdigest()[:8]
+    key = (f"{dataset_fingerprint(dataset)}-{encoder_fingerprint(encoder)}-{settings}-"
+           f"{'flip' if flips else 'clean'}")
     path = Path(cache_dir) / f"{_safe(dataset.name)}-{dataset.split}-{key}.pt"
     if path.is_file():
         try:
@@ -102,7 +114,7 @@ def cached_clip_features(encoder: torch.nn.Module, dataset: FaceDataset, cache_d
         except Exception as exc:  # a damaged cache file is recomputed, not fatal
             log.warning("ignoring unreadable feature cache %s: %s", path, exc)
     cache = compute_clip_features(encoder, dataset, flips=flips, batch_size=batch_size, workers=workers,
-                                  progress=progress)
+                                  progress=progress, preprocess=preprocess)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(cache.features, tmp)

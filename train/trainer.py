@@ -181,7 +181,8 @@ class Trainer:
 
     def _clip_caches(self) -> tuple[ClipFeatureCache | None, ClipFeatureCache | None]:
         cfg, encoder = self.config, self.model.clip
-        common = dict(batch_size=cfg.eval_batch_size, workers=cfg.workers, progress=self.progress)
+        common = dict(batch_size=cfg.eval_batch_size, workers=cfg.workers, progress=self.progress,
+                      preprocess=self.model.preprocess.cpu_copy())
         train_cache = None
         if cfg.augment == "none" or cfg.cache_clip_features:
             train_cache = cached_clip_features(encoder, self.train_set, self.cache_dir,
@@ -204,7 +205,7 @@ class Trainer:
             torch.set_rng_state(self._rng_state)
         else:
             torch.manual_seed(cfg.seed)
-        dataset = TorchFaces(self.train_set, make_augment(cfg.augment))
+        dataset = TorchFaces(self.train_set, make_augment(cfg.augment, self.model.preprocess.cpu_copy()))
         for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
             started = time.perf_counter()
             # Shuffling, worker RNG and drop masks depend only on (seed, epoch): a resumed run repeats them.
