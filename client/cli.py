@@ -9,22 +9,23 @@ from pathlib import Path
 import click
 import numpy as np
 
-from fer_triton.options import max_pixels_option
+from fer_triton.options import max_pixels_option, tritonclient_verbose, verbose_option
 
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-u", "--url", default="127.0.0.1:8001", show_default=True, help="Triton gRPC address.")
 @click.option("-m", "--model", default="cafe", show_default=True, help="Ensemble name.")
+@click.option("-x", "--model-version", default="", help="Model version to ask for (default: the one Triton serves).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON Lines instead of a table.")
-@click.option("-v", "--verbose", is_flag=True, help="Print gRPC requests (tritonclient verbose).")
+@verbose_option
 @max_pixels_option
-def infer(images, url, model, as_json, verbose):
+def infer(images, url, model, model_version, as_json, verbose):
     """Classify face images (files or folders; any size, RGB/grayscale/RGBA) in one batch."""
     from fer_triton.client.grpc_client import FerClient, FerInputError, FerServerError
     from fer_triton.images import ImageReadError, list_images, read_face
 
-    with FerClient(url, model, verbose=verbose) as client:
+    with FerClient(url, model, model_version=model_version, verbose=tritonclient_verbose(verbose)) as client:
         try:
             info = client.info()
         except FerServerError as exc:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 from pathlib import Path
 
 import click
 
-from fer_triton.options import max_pixels_option
+from fer_triton.options import max_pixels_option, verbose_option
 
 
 def _raise_interrupt(*_):
@@ -23,7 +22,7 @@ def _raise_interrupt(*_):
 @click.option("-m", "--model", default="cafe", show_default=True, help="Ensemble name.")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True), default="-",
               show_default=True, help="JSON Lines file for results (- for stdout).")
-@click.option("-d", "--detector", type=click.Choice(["crops", "haar", "mtcnn"]), default="haar", show_default=True,
+@click.option("--detector", type=click.Choice(["crops", "haar", "mtcnn"]), default="haar", show_default=True,
               help="crops: every frame already is one face crop; haar: OpenCV; mtcnn: facenet-pytorch.")
 @click.option("--min-face", default=40, show_default=True, help="Smallest face to detect, in pixels.")
 @click.option("--margin", default=0.1, show_default=True, help="Widen face boxes by this fraction per side.")
@@ -43,7 +42,7 @@ def _raise_interrupt(*_):
 @click.option("--progress/--no-progress", default=None, help="Live status line on stderr (default: on a terminal).")
 @click.option("--stats-every", default=0.0, show_default=True,
               help="Also print the per-camera table (faces/s, p50/p99, drops) every N seconds (0: only at the end).")
-@click.option("-v", "--verbose", is_flag=True, help="Log retries, reconnects and failing cameras.")
+@verbose_option
 @max_pixels_option
 def stream(sources, urls, model, output, detector, min_face, margin, batch_size, max_wait_ms, in_flight,
            queue_frames, live_drop, fps, detect_workers, retry_timeout, stall_timeout, connect_wait, progress,
@@ -61,10 +60,6 @@ def stream(sources, urls, model, output, detector, min_face, margin, batch_size,
     from fer_triton.client.servers import NoServerError
     from fer_triton.client.sources import parse_sources
 
-    if verbose:
-        logging.getLogger("fer_triton.client").setLevel(logging.INFO)
-        if not logging.getLogger().handlers:
-            logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     try:
         specs = parse_sources(list(sources))
         config = StreamConfig(batch_size=batch_size, max_wait_ms=max_wait_ms, max_in_flight=in_flight,

@@ -28,7 +28,7 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
               help="Comma-separated numbers of requests in flight.")
 @click.option("--variants", default="fp32-staged,fp32-fused,int8-fused", show_default=True,
               help="Served repositories: <fp32|int8>-<staged|fused>, comma-separated.")
-@click.option("-d", "--duration", default=6.0, show_default=True, help="Seconds per measured point.")
+@click.option("--duration", default=6.0, show_default=True, help="Seconds per measured point.")
 @click.option("--min-requests", default=3, show_default=True, help="At least this many timed requests per client.")
 @click.option("--threads", default=0, show_default=True, help="In-process threads (0 = all cores).")
 @click.option("--no-baselines", is_flag=True, help="Skip the in-process onnxruntime and PyTorch runs.")

@@ -5,7 +5,6 @@ Flags follow tritonclient's examples and optimum-cli: ``-u/--url`` for the serve
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import time
@@ -14,15 +13,15 @@ from pathlib import Path
 import click
 
 from fer_triton import __version__
+from fer_triton.options import configure_logging, verbose_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fer-triton")
-@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help="-v: log each step; -vv: debug logs (also per command).")
 def cli(verbose: int) -> None:
     """Serve the CAFE facial-expression model on NVIDIA Triton and call it over gRPC."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose)
 
 
 def _raise_interrupt(*_):
@@ -39,7 +38,8 @@ def _raise_interrupt(*_):
 @click.option("--log-file", type=click.Path(path_type=Path), help="Write Triton's log here.")
 @click.option("--log-verbose", default=0, show_default=True, help="Triton's own --log-verbose level.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for all models to load.")
-def serve(repository, host, grpc_port, http_port, metrics_port, log_file, log_verbose, timeout):
+@verbose_option
+def serve(repository, host, grpc_port, http_port, metrics_port, log_file, log_verbose, timeout, verbose):
     """Start the real tritonserver (CPU, from the nvidia-pytriton wheel) on a model repository."""
     from fer_triton.server import TritonServer, TritonServerError
 

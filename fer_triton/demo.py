@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from fer_triton.options import max_pixels_option
+from fer_triton.options import max_pixels_option, verbose_option
 
 
 def _choose_clip_weights(choice: str) -> str | None:
@@ -31,7 +31,7 @@ def _choose_clip_weights(choice: str) -> str | None:
 
 
 @click.command()
-@click.option("-o", "--workdir", type=click.Path(path_type=Path), default=Path("build/demo"), show_default=True,
+@click.option("-w", "--workdir", type=click.Path(path_type=Path), default=Path("build/demo"), show_default=True,
               help="Where the demo checkpoint and face images go.")
 @click.option("-r", "--repository", type=click.Path(path_type=Path), default=Path("model_repository"),
               show_default=True, help="Model repository to export into (replaced).")
@@ -44,8 +44,9 @@ def _choose_clip_weights(choice: str) -> str | None:
               help="Folder of face crops to send (default: 16 drawn synthetic faces).")
 @click.option("-b", "--batch-size", default=16, show_default=True)
 @click.option("--repeats", default=5, show_default=True, help="Timed batches for images/s.")
+@verbose_option
 @max_pixels_option
-def demo(workdir, repository, clip_model, clip_weights, checkpoint, face_dir, batch_size, repeats):
+def demo(workdir, repository, clip_model, clip_weights, checkpoint, face_dir, batch_size, repeats, verbose):
     """Run the main job end to end: build, export, serve on CPU Triton, infer over gRPC."""
     from fer_triton.checkpoint import CAFECheckpoint, build_untrained
     from fer_triton.client.cli import format_table

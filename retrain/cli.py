@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from fer_triton.options import max_pixels_option
+from fer_triton.options import max_pixels_option, verbose_option
 
 _url = click.option("-u", "--url", default="127.0.0.1:8001", show_default=True, help="Triton gRPC address.")
 _model = click.option("-m", "--model", default="cafe", show_default=True,
                       help="Ensemble name (also the repository's model prefix).")
 _repository = click.option("-r", "--repository", type=click.Path(path_type=Path), default=Path("model_repository"),
                            show_default=True, help="The model repository the server runs (versions are written here).")
-_verbose = click.option("-v", "--verbose", is_flag=True, help="Log each step.")
 
 
 def _errors():
@@ -31,11 +29,6 @@ def _errors():
 
     return (SiteDataError, MaskFineTuneError, PublishError, PinError, DriftError, FerServerError,
             CLIPWeightsUnavailable, ValueError, OSError)
-
-
-def _log(verbose: bool) -> None:
-    if verbose:
-        logging.getLogger("fer_triton").setLevel(logging.INFO)
 
 
 @click.command()
@@ -57,7 +50,7 @@ def _log(verbose: bool) -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the held-out split.")
 @click.option("--fine-tune-mask", is_flag=True,
               help="Also fine-tune the mask network (torch + the trained checkpoint) and publish it with the head.")
-@click.option("--checkpoint", type=click.Path(path_type=Path),
+@click.option("-c", "--checkpoint", type=click.Path(path_type=Path),
               help="With --fine-tune-mask: the checkpoint the served mask net came from (default: the recorded one).")
 @click.option("--mask-epochs", default=3, show_default=True, help="With --fine-tune-mask: epochs over the site images.")
 @click.option("--mask-lr", default=1e-4, show_default=True, help="With --fine-tune-mask: Adam learning rate.")
@@ -65,7 +58,7 @@ def _log(verbose: bool) -> None:
               help="With --fine-tune-mask: torch device (auto = CUDA when available, cpu, cuda:1...).")
 @click.option("--save-checkpoint", type=click.Path(path_type=Path),
               help="With --fine-tune-mask: where to save the fine-tuned checkpoint (default: <report>/fine_tuned.pt).")
-@_verbose
+@verbose_option
 @max_pixels_option
 def retrain(data, url, model, repository, holdout, l2, init, clip_weights, force, no_publish, report_dir,
             batch_size, seed, fine_tune_mask, checkpoint, mask_epochs, mask_lr, device, save_checkpoint, verbose):
@@ -73,7 +66,6 @@ def retrain(data, url, model, repository, holdout, l2, init, clip_weights, force
     from fer_triton.retrain.mask_finetune import MaskFineTuneOptions
     from fer_triton.retrain.pipeline import RetrainOptions, retrain as run
 
-    _log(verbose)
     report_dir = report_dir or Path("retrain-reports") / time.strftime("%Y%m%d-%H%M%S")
     mask_only = {"--checkpoint": checkpoint, "--save-checkpoint": save_checkpoint}
     if not fine_tune_mask and any(mask_only.values()):
@@ -101,7 +93,7 @@ def retrain(data, url, model, repository, holdout, l2, init, clip_weights, force
 @_url
 @_model
 @_repository
-@_verbose
+@verbose_option
 def rollback(url, model, repository, verbose):
     """Serve the previous head version again (the newest goes to <repository>.archive/), no restart.
 
@@ -111,7 +103,6 @@ def rollback(url, model, repository, verbose):
     from fer_triton.retrain.pair_publish import rollback as run
     from fer_triton.retrain.publish import StageVersions
 
-    _log(verbose)
     layout = RepositoryLayout(model)
     try:
         with FerClient(url, model) as client:
@@ -150,7 +141,7 @@ def _parse_limits(pairs) -> dict[str, float]:
               help="Override a limit: feature_shift (std units, 0.5), label_js (bits, 0.1), confidence_drop (0.1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--exit-code", is_flag=True, help="Exit with status 3 when a retrain is advised.")
-@_verbose
+@verbose_option
 @max_pixels_option
 def drift(images, jsonl, url, model, repository, reference, write_reference, limits, as_json, exit_code, verbose):
     """Compare a site's recent outputs with the reference and say whether a retrain is advised."""
@@ -159,7 +150,6 @@ def drift(images, jsonl, url, model, repository, reference, write_reference, lim
     from fer_triton.retrain.drift import REFERENCE_FILE, DriftReference, check_drift, read_jsonl, sample_from_images
     from fer_triton.retrain.publish import StageVersions, check_serving
 
-    _log(verbose)
     if bool(images) == bool(jsonl):
         raise click.UsageError("give either --images or --jsonl (the recent sample)")
     limits = _parse_limits(limits)

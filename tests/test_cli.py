@@ -149,3 +149,27 @@ def test_serve_infer_and_sigterm_through_the_cli(tiny_repository, tiny_checkpoin
         out, _ = serve.communicate(timeout=60)
     assert serve.returncode == 0, out
     assert "stopped (exit code 0)" in out
+
+
+SHORT_FLAGS = {"-u": {"--url"}, "-m": {"--model"}, "-x": {"--model-version"}, "-r": {"--repository"},
+               "-c": {"--checkpoint"}, "-d": {"--data"}, "-o": {"--output"}, "-w": {"--workdir"},
+               "-b": {"--batch-size", "--batch-sizes"}, "-v": {"--verbose"}, "-n": {"--faces"}, "-h": {"--help"}}
+
+
+def test_each_short_flag_means_one_thing_in_every_command():
+    """tritonclient's and optimum-cli's conventions, once: see fer_triton/options.py."""
+    import click
+
+    seen = {}
+    for name, command in cli.commands.items():
+        for param in command.get_params(click.Context(command)):
+            if not isinstance(param, click.Option):
+                continue
+            shorts = [o for o in param.opts + param.secondary_opts if len(o) == 2]
+            longs = {o for o in param.opts if o.startswith("--")}
+            for short in shorts:
+                assert short in SHORT_FLAGS, f"{name}: {short} is not one of the project's short flags"
+                assert longs & SHORT_FLAGS[short], f"{name}: {short} means {longs}, elsewhere {SHORT_FLAGS[short]}"
+                seen.setdefault(short, set()).add(name)
+    assert {"infer", "stream", "retrain", "rollback", "drift", "evaluate"} <= seen["-u"]
+    assert {"infer", "stream", "retrain", "serve", "demo", "train", "evaluate", "explain"} <= seen["-v"]

@@ -330,7 +330,7 @@ def test_ctrl_c_on_the_command(triton_server, tmp_path):
     video = write_video(tmp_path / "hall.avi", draw_faces(150, FRAME, seed=8)[0])  # 15 s at 10 fps
     out = tmp_path / "out.jsonl"
     fer_triton = Path(sys.executable).with_name("fer-triton")
-    proc = subprocess.Popen([str(fer_triton), "stream", str(video), "-u", triton_server.grpc_url, "-d", "crops",
+    proc = subprocess.Popen([str(fer_triton), "stream", str(video), "-u", triton_server.grpc_url, "--detector", "crops",
                              "--fps", "10", "--drop", "block", "-o", str(out), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -445,7 +445,7 @@ def test_stream_command_writes_json_lines(triton_server, tmp_path):
     for i in range(3):
         Image.fromarray(draw_face(i, FRAME)).save(folder / f"{i}.png")
     out = tmp_path / "results.jsonl"
-    result = CliRunner().invoke(cli, ["stream", f"desk={folder}", "-u", triton_server.grpc_url, "-d", "crops",
+    result = CliRunner().invoke(cli, ["stream", f"desk={folder}", "-u", triton_server.grpc_url, "--detector", "crops",
                                       "-o", str(out), "-v", "--progress", "--stats-every", "0.001"])
     assert result.exit_code == 0, result.output
     assert "cameras 0/1 running | frames 3 |" in result.output and "| results 3 |" in result.output

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fer_triton.options import max_pixels_option
+from fer_triton.options import max_pixels_option, tritonclient_verbose, verbose_option
 
 DATA_HELP = ("[NAME=][KIND:]PATH, KIND one of rafdb, affectnet, folder (recognised from the layout when "
              "left out); e.g. RAF-DB=rafdb:/data/raf-basic, SFEW=folder:/data/SFEW/Val")
@@ -90,10 +90,12 @@ ignore_class_option = click.option("--ignore-class", multiple=True, metavar="FOL
 @click.option("--max-steps", type=int, help="Stop every epoch after this many steps (smoke runs).")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last finished epoch.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@verbose_option
 @max_pixels_option
 def train(data_spec, val_spec, output, epochs, batch_size, lr, weight_decay, lr_gamma, seed, div_weight,
           sep_weight, drop_per_block, augment, cache_clip_features, cache_dir, clip_model, clip_weights,
-          embed_clip, mask_init, class_map, ignore_class, workers, device, max_steps, resume, no_progress):
+          embed_clip, mask_init, class_map, ignore_class, workers, device, max_steps, resume, no_progress,
+          verbose):
     """Train CAFE (frozen CLIP + ResNet-18 channel mask + linear head) with the paper's recipe."""
     from fer_triton.train.trainer import TrainConfig
     from fer_triton.train.trainer import train as run_training
@@ -160,7 +162,7 @@ def train(data_spec, val_spec, output, epochs, batch_size, lr, weight_decay, lr_
 @class_map_option
 @ignore_class_option
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-@click.option("-v", "--verbose", is_flag=True, help="Print gRPC requests (tritonclient verbose).")
+@verbose_option
 @max_pixels_option
 def evaluate(checkpoints, data_specs, output, url, model, row_names, batch_size, workers, device, cache_dir,
              class_map, ignore_class, no_progress, verbose):
@@ -209,7 +211,7 @@ def evaluate(checkpoints, data_specs, output, url, model, row_names, batch_size,
                 click.echo(f"  {ts.name}: {100 * table[row][ts.name].accuracy:.2f}%")
         if url:
             row = names.pop(0) if names else f"served {model} @ {url}"
-            with FerClient(url, model, verbose=verbose) as client:
+            with FerClient(url, model, verbose=tritonclient_verbose(verbose)) as client:
                 if client.info().random_weights:
                     notes.append(f"{row}: the served model uses RANDOM CLIP weights; its numbers say nothing "
                                  "about real accuracy.")
@@ -244,8 +246,10 @@ def _row_name(ckpt, path: Path, table: dict) -> str:
 @click.option("--top-k", default=10, show_default=True, help="Channels listed per class.")
 @class_map_option
 @ignore_class_option
+@verbose_option
 @max_pixels_option
-def explain(images, checkpoint, output, target, data_spec, max_images, top_k, class_map, ignore_class):
+def explain(images, checkpoint, output, target, data_spec, max_images, top_k, class_map, ignore_class,
+            verbose):
     """PNG pictures of what the model relies on: mask-net Grad-CAM, CLIP gradient x input, kept channels."""
     import numpy as np
 
