@@ -5,12 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
-def _table(headers: list[str], rows: list[list]) -> str:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+from fer_triton.tables import text_table
 
 
 def format_report(result: dict) -> str:
@@ -29,14 +24,14 @@ def format_report(result: dict) -> str:
         name = f"onnxruntime in-process {r['variant']}" if "variant" in r else f"{r['engine']} {r['precision']}"
         rows.append([name, r["batch_size"], "-", r["faces_per_s"], r["p50_ms"],
                      r["p95_ms"], r["p99_ms"], r.get("cpu_ms_per_face", "-"), "-"])
-    parts.append(_table(["path", "batch", "conc", "faces/s", "p50 ms", "p95 ms", "p99 ms", "cpu ms/face", "errors"],
+    parts.append(text_table(["path", "batch", "conc", "faces/s", "p50 ms", "p95 ms", "p99 ms", "cpu ms/face", "errors"],
                         rows)
                  + "\n(cpu ms/face: CPU time per face, served = server tree + client; wall-clock figures move "
                    "with the machine's load, CPU time much less)")
 
     pa = [(s["variant"], r) for s in result["served"] for r in s.get("perf_analyzer", {}).get("rows", [])]
     if pa:
-        parts.append("perf_analyzer (gRPC, random uint8 faces):\n" + _table(
+        parts.append("perf_analyzer (gRPC, random uint8 faces):\n" + text_table(
             ["variant", "batch", "conc", "faces/s", "p50 ms", "p95 ms", "p99 ms", "queue ms", "compute ms"],
             [[v, r["batch_size"], r["concurrency"], round(r["faces_per_s"], 2), round(r["p50_ms"], 1),
               round(r["p95_ms"], 1), round(r["p99_ms"], 1), round(r["server_queue_ms"], 1),
@@ -56,7 +51,7 @@ def format_report(result: dict) -> str:
                                    t["queue_ms"], t["compute_infer_ms"],
                                    round(t["compute_input_ms"] + t["compute_output_ms"], 2)])
     if triton:
-        parts.append("Triton's view (per request, busiest point):\n" + _table(
+        parts.append("Triton's view (per request, busiest point):\n" + text_table(
             ["variant", "model", "ver", "requests", "faces/exec", "queue ms", "infer ms", "in+out ms"], triton))
     parts.append("memory (resident MB): " + "; ".join(
         f"{s['variant']}: server {s['server_peak_mb']} (idle {s['server_idle_mb']}, "

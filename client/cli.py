@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from fer_triton.options import max_pixels_option, tritonclient_verbose, verbose_option
+from fer_triton.tables import probability_table
 
 
 @click.command()
@@ -53,15 +54,9 @@ def infer(images, url, model, model_version, as_json, verbose):
         for name, error in failed:
             click.echo(json.dumps({"image": name, "error": error}))
     else:
-        click.echo(format_table(results, info.classes))
+        click.echo(probability_table(results, info.classes))
         for name, error in failed:
             click.echo(f"ERROR {error}", err=True)
     if failed:
         sys.exit(1 if not results else 2)  # 2: partial success
 
-
-def format_table(results, classes) -> str:
-    width = max([len("image")] + [len(n) for n, _, _ in results])
-    head = f"{'image':<{width}}  {'label':<8}  " + " ".join(f"{c[:8]:>8}" for c in classes)
-    rows = [f"{n:<{width}}  {label:<8}  " + " ".join(f"{p:8.4f}" for p in probs) for n, label, probs in results]
-    return "\n".join([head, *rows])

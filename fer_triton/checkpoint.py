@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from fer_triton import clip_loader
+from fer_triton.files import atomic_write
 from fer_triton.labels import CLASSES
 from fer_triton.model import CAFE, Head, MaskNet, Preprocess
 
@@ -102,12 +103,8 @@ class CAFECheckpoint:
         }
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.to_dict(), tmp)
-        tmp.replace(path)  # never leave a half-written checkpoint behind
-        return path
+        """Write the checkpoint to ``path`` in one step (atomic rename); returns ``path``."""
+        return atomic_write(path, lambda tmp: torch.save(self.to_dict(), tmp))  # never half a checkpoint
 
     @classmethod
     def load(cls, path: str | Path) -> "CAFECheckpoint":

@@ -14,6 +14,7 @@ import click
 import numpy as np
 
 from fer_triton.options import max_pixels_option, verbose_option
+from fer_triton.tables import probability_table
 
 
 def _choose_clip_weights(choice: str) -> str | None:
@@ -49,7 +50,6 @@ def _choose_clip_weights(choice: str) -> str | None:
 def demo(workdir, repository, clip_model, clip_weights, checkpoint, face_dir, batch_size, repeats, verbose):
     """Run the main job end to end: build, export, serve on CPU Triton, infer over gRPC."""
     from fer_triton.checkpoint import CAFECheckpoint, build_untrained
-    from fer_triton.client.cli import format_table
     from fer_triton.client.grpc_client import FerClient
     from fer_triton.export.exporter import export_checkpoint
     from fer_triton.images import read_face
@@ -109,7 +109,7 @@ def demo(workdir, repository, clip_model, clip_weights, checkpoint, face_dir, ba
         with FerClient(server.grpc_url) as client:
             click.echo(f"[4/5] sending {len(faces)} face images in one gRPC batch")
             out = client.infer(faces)
-            click.echo(format_table(list(zip(names, out.labels, out.probabilities)), out.classes))
+            click.echo(probability_table(list(zip(names, out.labels, out.probabilities)), out.classes))
             model = ckpt.build_model()
             with torch.no_grad():
                 expected = model(model.preprocess(torch.from_numpy(faces))).probabilities.numpy()

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fer_triton.files import atomic_write
 from fer_triton.model import Preprocess
 from fer_triton.train.augment import NoAugment
 from fer_triton.train.datasets import FaceDataset, TorchFaces
@@ -115,10 +116,7 @@ def cached_clip_features(encoder: torch.nn.Module, dataset: FaceDataset, cache_d
             log.warning("ignoring unreadable feature cache %s: %s", path, exc)
     cache = compute_clip_features(encoder, dataset, flips=flips, batch_size=batch_size, workers=workers,
                                   progress=progress, preprocess=preprocess)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(cache.features, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(cache.features, tmp))
     log.info("CLIP features of %s saved to %s", dataset.name, path)
     return cache
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from fer_triton import clip_loader
 from fer_triton.checkpoint import CAFECheckpoint, build_untrained
 from fer_triton.devices import resolve_device
+from fer_triton.files import atomic_write
 from fer_triton.train import losses
 from fer_triton.train.augment import make_augment
 from fer_triton.train.datasets import FaceDataset, TorchFaces
@@ -303,9 +304,7 @@ class Trainer:
             "history": [asdict(r) for r in self.history],
             "torch_rng": torch.get_rng_state(),
         }
-        tmp = self.output / "state.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(self.output / "state.pt")
+        atomic_write(self.output / "state.pt", lambda tmp: torch.save(state, tmp))
         (self.output / "history.json").write_text(json.dumps([asdict(r) for r in self.history], indent=2))
 
 
