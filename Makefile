@@ -1,37 +1,72 @@
 # Two commands for a new user on a fresh machine:
 #   make demo   the main job end to end on CPU Triton (creates/reuses .venv)
 #   make test   the test suite against a real tritonserver (what CI runs)
+# Both build the wheel and install it (not editable) into .venv: the wheel is what runs and is tested.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fer-triton-installed
+DIST   := dist
+# What the light-venv test of tests/test_packaging.py installs from, without network at test time.
+CLIENT_WHEELS := $(VENV)/share/fer-triton/client-wheels
+# -I: run from any folder without the source tree's fer_triton/ (which lacks the mapped sub-packages)
+# shadowing the installed package.
+PYI    := $(PY) -I
+# Tests run against the installed wheel: conftest checks that fer_triton comes from site-packages;
+# PYTHONSAFEPATH keeps `python -m fer_triton` subprocesses started in the repo root from importing the
+# source tree instead; the light-venv test installs this wheel.
+TEST_ENV = FER_TRITON_TEST_INSTALLED=1 PYTHONSAFEPATH=1 FER_TRITON_WHEEL="$(abspath $(wildcard $(DIST)/fer_triton-*.whl))"
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install wheel project develop demo test test-all bench clean
 
 install: $(STAMP)
 
-# Reuse an existing venv when it is complete; rebuild the install when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# Reuse an existing venv when it is complete; install the dependencies again when pyproject.toml or
+# this Makefile changes. The project itself is reinstalled from a fresh wheel by `project`.
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	# torch/torchvision: the tested pair (a CUDA build that also runs on CPU-only hosts).
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -c "import fer_triton.cli, fer_triton.server; fer_triton.server.TritonInstall.find()"
+	$(MAKE) --no-print-directory wheel
+	$(PY) -m pip install --quiet "$$(ls $(DIST)/fer_triton-*.whl)[all,test]"
+	# The client-only install's packages, for the light-venv test (no network while testing).
+	rm -rf $(CLIENT_WHEELS)
+	$(PY) -m pip download --quiet -d $(CLIENT_WHEELS) "$$(ls $(DIST)/fer_triton-*.whl)[client]"
+	rm -f $(CLIENT_WHEELS)/fer_triton-*.whl
+	# NVIDIA's perf_analyzer (from the tritonclient 2.51.0 wheel) into the venv: benchmarks and tests
+	# never download at run time.
+	$(PYI) -m fer_triton.benchmarks.perf_analyzer
+	$(PYI) -c "import fer_triton.cli, fer_triton.server; fer_triton.server.TritonInstall.find()"
 	touch $(STAMP)
 
-demo: install
+# The wheel from the current sources, built in-tree without stale build output (setuptools would
+# otherwise carry deleted modules over from build/lib).
+wheel:
+	rm -rf build/lib build/bdist.* fer_triton.egg-info $(DIST)/fer_triton-*.whl
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w $(DIST) .
+
+# The project itself, reinstalled from a fresh wheel (cheap: no dependencies).
+project: install wheel
+	$(PY) -m pip install --quiet --no-deps --force-reinstall $(DIST)/fer_triton-*.whl
+	$(PYI) -c "import fer_triton.cli, fer_triton.export, fer_triton.clip_loader"
+
+# For working on the code: the same venv with an editable install (`make test` replaces it again).
+develop: install
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+
+demo: project
 	$(VENV)/bin/fer-triton demo
 
 # The default run: everything except tests marked slow (full-size ViT-B/32); about 5-15 min.
-test: install
-	$(VENV)/bin/pytest -q -m "not slow"
+test: project
+	$(TEST_ENV) $(VENV)/bin/pytest -q -m "not slow"
 
-test-all: install
-	$(VENV)/bin/pytest -q
+test-all: project
+	$(TEST_ENV) $(VENV)/bin/pytest -q
 
-bench: install
+bench: project
 	$(VENV)/bin/fer-triton bench
 
 clean:
-	rm -rf build .pytest_cache
+	rm -rf build $(DIST) .pytest_cache

@@ -4,7 +4,13 @@ The binary ships inside the ``tritonclient==2.51.0`` wheel (``tritonclient-2.51.
 newer perf-analyzer wheels need glibc 2.38. It links ``libb64.so.0d`` and ``libcudart.so.12``, which
 nvidia-pytriton already carries (under hashed names) in ``site-packages/nvidia_pytriton.libs``.
 ``install_perf_analyzer`` fetches the wheel with pip (no install, no dependencies), extracts the
-binary into a cache folder and links those two libraries beside it.
+binary into a folder and links those two libraries beside it.
+
+Where it lives: ``make install`` puts it in the venv (``<venv>/share/fer-triton/perf_analyzer-2.51.0``,
+by running ``python -m fer_triton.benchmarks.perf_analyzer``), so tests and benchmarks need no
+network; otherwise the first ``fer-triton bench`` fetches it into ``~/.cache/fer-triton/``.
+``FER_TRITON_PERF_ANALYZER_DOWNLOAD=0`` (set by the tests) forbids fetching at run time: a missing
+binary is then an error that says how to install it.
 """
 
 from __future__ import annotations
@@ -28,9 +34,34 @@ class PerfAnalyzerError(RuntimeError):
     """perf_analyzer could not be installed or did not produce a measurement."""
 
 
+class PerfAnalyzerNotInstalled(PerfAnalyzerError):
+    """perf_analyzer is not installed and fetching it at run time is off."""
+
+
+NOT_INSTALLED = "perf_analyzer is not installed"
+DOWNLOAD_ENV = "FER_TRITON_PERF_ANALYZER_DOWNLOAD"
+
+
+def venv_dir() -> Path:
+    """Where `make install` puts perf_analyzer: inside this Python's environment."""
+    return Path(sys.prefix) / "share" / "fer-triton" / f"perf_analyzer-{WHEEL_VERSION}"
+
+
 def default_cache() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "fer-triton" / f"perf_analyzer-{WHEEL_VERSION}"
+
+
+def find_perf_analyzer() -> Path | None:
+    """The installed perf_analyzer binary (venv first, then the user cache), or None."""
+    for folder in (venv_dir(), default_cache()):
+        if (folder / "perf_analyzer").is_file():
+            return folder / "perf_analyzer"
+    return None
+
+
+def download_allowed() -> bool:
+    return os.environ.get(DOWNLOAD_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _pytriton_libs() -> Path:
@@ -39,27 +70,47 @@ def _pytriton_libs() -> Path:
     return TritonInstall.find().libs
 
 
-def install_perf_analyzer(cache_dir: Path | None = None) -> Path:
-    """Return the cached perf_analyzer, fetching the tritonclient 2.51.0 wheel once if needed."""
-    cache_dir = Path(cache_dir or default_cache())
-    binary, libdir = cache_dir / "perf_analyzer", cache_dir / "lib"
+def _fetch(binary: Path) -> None:
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fer-triton-pa-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp,
+               f"tritonclient=={WHEEL_VERSION}"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("tritonclient-*.whl"))
+        if done.returncode != 0 or not wheels:
+            raise PerfAnalyzerError(f"could not download tritonclient=={WHEEL_VERSION} with pip "
+                                    f"({' '.join(cmd)}): {done.stderr.strip()[-500:]}")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            if MEMBER not in wheel.namelist():
+                raise PerfAnalyzerError(f"{wheels[0].name} holds no {MEMBER}")
+            partial = binary.with_suffix(".partial")
+            partial.write_bytes(wheel.read(MEMBER))
+    partial.chmod(0o755)
+    partial.replace(binary)
+
+
+def install_perf_analyzer(cache_dir: Path | None = None, *, download: bool | None = None) -> Path:
+    """Return perf_analyzer, fetching the tritonclient 2.51.0 wheel once if it is not installed.
+
+    Without ``cache_dir``: the venv's copy (``make install``), else the user cache, else fetched into
+    the user cache. ``download`` (default: unless ``FER_TRITON_PERF_ANALYZER_DOWNLOAD=0``) allows the
+    fetch; when it is off, a missing binary raises ``PerfAnalyzerNotInstalled``.
+    """
+    download = download_allowed() if download is None else download
+    if cache_dir is not None:
+        binary = Path(cache_dir) / "perf_analyzer"
+    else:
+        binary = find_perf_analyzer() or default_cache() / "perf_analyzer"
     if not binary.is_file():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="fer-triton-pa-") as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp,
-                   f"tritonclient=={WHEEL_VERSION}"]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            wheels = list(Path(tmp).glob("tritonclient-*.whl"))
-            if done.returncode != 0 or not wheels:
-                raise PerfAnalyzerError(f"could not download tritonclient=={WHEEL_VERSION} with pip "
-                                        f"({' '.join(cmd)}): {done.stderr.strip()[-500:]}")
-            with zipfile.ZipFile(wheels[0]) as wheel:
-                if MEMBER not in wheel.namelist():
-                    raise PerfAnalyzerError(f"{wheels[0].name} holds no {MEMBER}")
-                partial = binary.with_suffix(".partial")
-                partial.write_bytes(wheel.read(MEMBER))
-        partial.chmod(0o755)
-        partial.replace(binary)
+        if not download:
+            looked = [binary] if cache_dir is not None else [venv_dir() / "perf_analyzer",
+                                                              default_cache() / "perf_analyzer"]
+            raise PerfAnalyzerNotInstalled(
+                f"{NOT_INSTALLED} (looked for {' and '.join(map(str, looked))}) and fetching it at run time is off "
+                f"({DOWNLOAD_ENV}=0): `make install`, or `python -m fer_triton.benchmarks.perf_analyzer`, "
+                "installs it into the venv")
+        _fetch(binary)
+    libdir = binary.parent / "lib"
     libdir.mkdir(exist_ok=True)
     source_dir = _pytriton_libs()
     for soname, pattern in LIBRARIES.items():
@@ -130,3 +181,25 @@ def run_perf_analyzer(binary: Path, url: str, model: str, *, batch_size: int, co
                 raise PerfAnalyzerError(f"perf_analyzer exited with {done.returncode}: " + " | ".join(tail))
             rows += parse_csv(report.read_text(), batch_size)
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fer_triton.benchmarks.perf_analyzer [DIR]`: install perf_analyzer (default: into this venv)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fer_triton.benchmarks.perf_analyzer",
+                                     description=main.__doc__)
+    parser.add_argument("dir", nargs="?", type=Path, default=None,
+                        help=f"install here (default: {venv_dir()})")
+    args = parser.parse_args(argv)
+    try:
+        binary = install_perf_analyzer(args.dir or venv_dir(), download=True)
+    except PerfAnalyzerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(binary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -27,7 +28,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from fer_triton import __version__
 
-RUNNER_SOURCE = Path(__file__).with_name("triton_python") / "onnx_model.py"
+# The python-backend model.py copied into every CPU model version (package data: see pyproject.toml).
+RUNNER_SOURCE = Path(str(resources.files("fer_triton.export") / "triton_python" / "onnx_model.py"))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from fer_triton import __version__
+from fer_triton.extras import guard_commands
 from fer_triton.options import configure_logging, verbose_option
 
 
@@ -82,6 +83,7 @@ def _register_commands() -> None:
 
 
 _register_commands()
+guard_commands(cli)  # a command whose extra is missing says which one to install
 
 
 def main() -> None:

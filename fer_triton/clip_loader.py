@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -25,7 +26,8 @@ DEFAULT_CLIP_PRETRAINED = "openai"
 TINY_CLIP_MODEL = "FER-Tiny-ViT-quickgelu"
 CLIP_FEATURE_DIM = 512
 
-_CONFIG_DIR = Path(__file__).with_name("clip_configs")
+# Package data (pyproject.toml [tool.setuptools.package-data]): a folder on disk in an installed wheel.
+_CONFIG_DIR = Path(str(resources.files("fer_triton") / "clip_configs"))
 
 
 class CLIPWeightsUnavailable(RuntimeError):

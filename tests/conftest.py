@@ -6,7 +6,12 @@ The tiny CLIP config (2-layer ViT, same 512-d output) keeps tests fast; every co
 
 from __future__ import annotations
 
+import importlib
+import os
 import shutil
+import subprocess
+import sys
+import sysconfig
 import warnings
 from pathlib import Path
 
@@ -14,12 +19,66 @@ import numpy as np
 import pytest
 import torch
 
+import fer_triton
 from fer_triton.checkpoint import CAFECheckpoint, build_untrained
 from fer_triton.clip_loader import TINY_CLIP_MODEL
 from fer_triton.model import Preprocess
 from fer_triton.server import TritonServer, free_port
 
 torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parent.parent
+# `make test` sets this: the tests then run against the wheel installed (not editable) in the venv.
+INSTALLED = os.environ.get("FER_TRITON_TEST_INSTALLED") == "1"
+# Subprocesses (`python -m fer_triton ...`) started in the repo root must import the installed
+# package, not the source tree's fer_triton/ folder (which lacks the mapped sub-packages): Python
+# 3.11+ then leaves the current folder off sys.path.
+os.environ.setdefault("PYTHONSAFEPATH", "1")
+# Tests never download anything: perf_analyzer comes from `make install` (or the test skips).
+os.environ.setdefault("FER_TRITON_PERF_ANALYZER_DOWNLOAD", "0")
+
+
+def _site_packages() -> list[Path]:
+    return list(dict.fromkeys(Path(sysconfig.get_path(k)).resolve() for k in ("purelib", "platlib")))
+
+
+def _installed(path: str | Path) -> bool:
+    path = Path(path).resolve()
+    return any(path.is_relative_to(site) for site in _site_packages())
+
+
+_PROBE = "import fer_triton, fer_triton.export; print(fer_triton.__file__); print(fer_triton.export.__file__)"
+
+
+def check_installed_package() -> None:
+    """In installed mode: this process and a subprocess started in the repo root both import the wheel."""
+    files = [fer_triton.__file__]
+    try:
+        files.append(importlib.import_module("fer_triton.export").__file__)
+    except ImportError as exc:  # the source tree's fer_triton/ (without the mapped sub-packages) came first
+        files.append(f"<{exc}>")
+    probe = subprocess.run([sys.executable, "-c", _PROBE], cwd=REPO, capture_output=True, text=True, timeout=60)
+    files += probe.stdout.split() if probe.returncode == 0 else [f"<subprocess failed: {probe.stderr.strip()}>"]
+    wrong = [f for f in files if not _installed(f)]
+    if wrong:
+        raise pytest.UsageError(
+            f"FER_TRITON_TEST_INSTALLED=1 but fer_triton is not imported from site-packages "
+            f"({', '.join(map(str, _site_packages()))}): {wrong}. Install the wheel (`make project`, not `pip "
+            f"install -e`) and run pytest through .venv/bin/pytest (not `python -m pytest`) with PYTHONSAFEPATH=1.")
+
+
+def pytest_sessionstart(session):
+    if INSTALLED:
+        check_installed_package()
+
+
+def pytest_report_header(config):
+    from fer_triton.benchmarks.perf_analyzer import find_perf_analyzer
+
+    mode = "installed wheel" if INSTALLED else "as importable (set FER_TRITON_TEST_INSTALLED=1 to require the wheel)"
+    binary = find_perf_analyzer()
+    return [f"fer_triton: {Path(fer_triton.__file__).parent} ({mode})",
+            f"perf_analyzer: {binary or 'not installed (`make install` fetches it; tests never download it)'}"]
 
 
 def make_checkpoint(path: Path, seed: int = 0) -> Path:
