@@ -16,17 +16,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from fer_triton.benchmarks import machine, memory, metrics
-from fer_triton.benchmarks.inprocess import OrtPipeline, TorchEager, measure
+from fer_triton.benchmarks.inprocess import TorchEager, measure
 from fer_triton.benchmarks.served import ServedLoad
+from fer_triton.export.onnx_chain import LAYOUTS as GRAPH_LAYOUTS
+from fer_triton.export.onnx_chain import OnnxChain
+from fer_triton.export.precision_names import CPU_PRECISIONS
+from fer_triton.metrics import max_abs_diff
 
 log = logging.getLogger(__name__)
 
 MODEL_SIZES = {"vit-b-32": "ViT-B-32-quickgelu", "tiny": "FER-Tiny-ViT-quickgelu"}
-PRECISIONS = ("fp32", "int8")
-LAYOUTS = ("staged", "fused")
+PRECISIONS = CPU_PRECISIONS     # served variants are CPU exports
+LAYOUTS = tuple(GRAPH_LAYOUTS)  # ("staged", "fused")
 DEFAULT_VARIANTS = ("fp32-staged", "fp32-fused", "int8-fused")
 
 
@@ -174,8 +176,8 @@ def _serve_variant(cfg, variant, repo, faces_by_batch, load, echo, inprocess: li
         check = faces_by_batch[max(cfg.batch_sizes)]
         with FerClient(server.grpc_url) as client:
             served = client.infer(check).probabilities
-        pipeline = OrtPipeline(repo, threads=cfg.threads)
-        out["served_vs_inprocess_max_abs_diff"] = float(np.max(np.abs(served - pipeline(check))))
+        pipeline = OnnxChain.from_repository(repo, threads=cfg.threads)
+        out["served_vs_inprocess_max_abs_diff"] = max_abs_diff(pipeline(check), served)
         peak: list[memory.ProcessMemory] = []
         for b in cfg.batch_sizes:
             if cfg.baselines:

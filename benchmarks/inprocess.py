@@ -1,4 +1,8 @@
-"""Baselines in the benchmark's own process: the same ONNX graphs with onnxruntime, and PyTorch eager."""
+"""Baselines in the benchmark's own process: timing helpers and PyTorch eager.
+
+The same ONNX graphs run in-process with fer_triton.export.onnx_chain.OnnxChain (staged or fused,
+as the repository's ensemble wires them).
+"""
 
 from __future__ import annotations
 
@@ -46,50 +50,6 @@ def time_calls(fn: Callable[[], object], *, duration_s: float, min_calls: int = 
     return len(latencies), time.perf_counter() - start, latencies
 
 
-def _latest_onnx(model_dir: Path) -> Path:
-    versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-    if not versions or not (versions[-1] / "model.onnx").is_file():
-        raise FileNotFoundError(f"no <version>/model.onnx in {model_dir}")
-    return versions[-1] / "model.onnx"
-
-
-class OrtPipeline:
-    """The graphs of an exported repository (staged or fused layout) chained in one process."""
-
-    def __init__(self, repository: Path, prefix: str = "cafe", threads: int = 0):
-        import onnxruntime as ort
-
-        from fer_triton.export.repository import RepositoryLayout
-
-        layout = RepositoryLayout(prefix)
-        repository = Path(repository)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-
-        def session(model: str):
-            return ort.InferenceSession(str(_latest_onnx(repository / model)), options,
-                                        providers=["CPUExecutionProvider"])
-
-        self.fused = (repository / layout.backbone).is_dir()
-        stages = layout.stages
-        if self.fused:
-            self._backbone = session(layout.backbone)
-        else:
-            self._stages = {k: session(stages[k]) for k in ("preprocess", "clip_encoder", "mask_net")}
-        self._head = session(stages["head"])
-
-    def __call__(self, faces: np.ndarray) -> np.ndarray:
-        if self.fused:
-            clip_features, mask_logits = self._backbone.run(["clip_features", "mask_logits"], {"faces": faces})
-        else:
-            (pixels,) = self._stages["preprocess"].run(["pixels"], {"faces": faces})
-            (clip_features,) = self._stages["clip_encoder"].run(["clip_features"], {"pixels": pixels})
-            (mask_logits,) = self._stages["mask_net"].run(["mask_logits"], {"pixels": pixels})
-        feeds = {"clip_features": clip_features, "mask_logits": mask_logits}
-        return self._head.run(["probabilities"], feeds)[0]
-
-
 class TorchEager:
     """The PyTorch model from the checkpoint, eager, on uint8 faces (what a user runs without export)."""
 
@@ -99,12 +59,11 @@ class TorchEager:
         import torch
 
         from fer_triton.checkpoint import CAFECheckpoint
-        from fer_triton.model import Preprocess
 
         torch.set_num_threads(threads or os.cpu_count() or 1)
         self._torch = torch
         self._model = CAFECheckpoint.load(checkpoint).build_model()
-        self._preprocess = Preprocess()
+        self._preprocess = self._model.preprocess
 
     def __call__(self, faces: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():

@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from fer_triton.export.gpu_cli import echo_gpu_result, gpu_export_options, gpu_settings
+from fer_triton.export.precision_names import CPU_PRECISIONS
+from fer_triton.metrics import DEFAULT_MIN_TOP1_AGREEMENT
 
 
 @click.command()
@@ -23,9 +25,9 @@ from fer_triton.export.gpu_cli import echo_gpu_result, gpu_export_options, gpu_s
               help="onnxruntime intra-op threads per model (0 = one per core).")
 @click.option("--prefix", default="cafe", show_default=True, help="Model name prefix in the repository.")
 @click.option("--overwrite", is_flag=True, help="Replace models already in the repository.")
-@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(CPU_PRECISIONS), default="fp32", show_default=True,
               help="CPU flavour: int8 quantizes the CLIP encoder and mask net (faster; checked against fp32).")
-@click.option("--min-agreement", type=float, default=0.99, show_default=True,
+@click.option("--min-agreement", type=float, default=DEFAULT_MIN_TOP1_AGREEMENT, show_default=True,
               help="int8: least top-1 agreement with fp32 on drawn faces, else the export fails.")
 @click.option("--layout", type=click.Choice(["staged", "fused"]), default="staged", show_default=True,
               help="CPU flavour: fused runs preprocess + CLIP + mask net as one model (one process).")

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+import torch
+
 from fer_triton.checkpoint import CAFECheckpoint
-from fer_triton.export.onnx_export import DEFAULT_ATOL, StageReport, export_onnx_stages, validate_chain
+from fer_triton.export.onnx_export import DEFAULT_ATOL, StageReport, export_onnx_stages
+from fer_triton.export.precision_names import CPU_PRECISIONS
 from fer_triton.export.repository import RepositoryLayout, write_repository
+from fer_triton.export.validate import validate_graphs
+from fer_triton.metrics import DEFAULT_MIN_TOP1_AGREEMENT
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +44,16 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, wire_size: 
                       layout: RepositoryLayout = RepositoryLayout(), overwrite: bool = False,
                       on_report: Callable[[StageReport], None] | None = None,
                       target: str = "cpu", gpu_options=None, precision: str = "fp32",
-                      min_agreement: float = 0.99, fused: bool = False) -> ExportResult:
+                      min_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT, max_prob_diff: float | None = None,
+                      fused: bool = False) -> ExportResult:
     """Export every stage, validate each and the whole chain against PyTorch, then write the repository.
 
-    Nothing is written to ``output`` unless every check passed.
+    The graphs the repository serves are validated as its ensemble runs them (export/validate.py):
+    FP32 staged, FP32 fused (the merged backbone), INT8 staged and INT8 fused alike. ``atol``: FP32
+    max |ONNX - PyTorch|. INT8: top-1 agreement with PyTorch of at least ``min_agreement`` and no
+    probability moved by more than ``max_prob_diff`` (default: precision_names' INT8 tolerance) on
+    drawn faces. Nothing is written to ``output`` unless every check passed: raises
+    ExportValidationError (AgreementError), PrecisionCheckError, FileExistsError or ValueError.
     """
     if wire_size not in WIRE_SIZES:
         raise ValueError(f"wire size must be one of {WIRE_SIZES}, not {wire_size}")
@@ -48,8 +61,10 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, wire_size: 
         raise ValueError(f"export target must be one of {TARGETS}, not {target!r}")
     if (precision != "fp32" or fused) and target != "cpu":
         raise ValueError("--precision int8 and --layout fused are CPU-only: use them with --target cpu")
-    if precision not in ("fp32", "int8"):
-        raise ValueError(f"CPU precision must be fp32 or int8, not {precision!r}")
+    if precision not in CPU_PRECISIONS:
+        raise ValueError(f"CPU precision must be one of {', '.join(CPU_PRECISIONS)}, not {precision!r}")
+    if precision != "fp32" and not 0.0 < min_agreement <= 1.0:
+        raise ValueError(f"min_agreement must be in (0, 1], not {min_agreement}")
     if target != "cpu":
         from fer_triton.export.gpu import GPUOptions, check_export_precision, write_gpu_configs
 
@@ -62,13 +77,15 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, wire_size: 
     model = ckpt.build_model()
     names = layout.stages
     with tempfile.TemporaryDirectory(prefix="fer-triton-export-") as tmp:
-        reports = export_onnx_stages(model, Path(tmp), wire_size, names, atol=atol, on_report=on_report)
+        tmp = Path(tmp)
+        reports = export_onnx_stages(model, tmp, wire_size, names, atol=atol, on_report=on_report)
         paths = {name: r.path for name, r in reports.items()}
-        chain_diff = validate_chain(model, paths, names, wire_size, atol=atol)
+        fp32_graphs = {stage: paths[name] for stage, name in names.items()}
+        chain_diff = validate_graphs(model, fp32_graphs, _validation_faces(wire_size, "fp32"), atol=atol,
+                                     names=names).chain_max_prob_diff
         gpu_report = None
         if target != "cpu":
-            gpu_report = check_export_precision({stage: paths[name] for stage, name in names.items()},
-                                                wire_size, gpu_options, Path(tmp) / "fp16")
+            gpu_report = check_export_precision(fp32_graphs, wire_size, gpu_options, tmp / "fp16")
         metadata = {
             "clip_model": ckpt.clip_model,
             "clip_weights": "random" if ckpt.clip_is_random else str(ckpt.clip_pretrained),
@@ -79,12 +96,31 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, wire_size: 
             "layout": "fused" if fused else "staged",
         }
         cpu_report = None
-        if precision == "int8":  # checks top-1 agreement with the FP32 graphs, raises below min_agreement
-            from fer_triton.export.quantize import quantize_stages
+        if precision != "fp32" or fused:  # other graphs than the FP32 stages above: validate what is served
+            start = time.perf_counter()
+            methods = {}
+            if precision == "int8":
+                from fer_triton.export.quantize import quantize_stages
 
-            paths, cpu_report = quantize_stages(paths, names, Path(tmp) / "int8", wire_size=wire_size,
-                                                min_agreement=min_agreement)
-            metadata.update(cpu_report.metadata())
+                paths, methods = quantize_stages(paths, names, tmp / "int8", wire_size=wire_size)
+            graphs = {stage: paths[name] for stage, name in names.items()}
+            if fused:  # write_repository fuses the same files again, which gives the same graph
+                graphs = _fuse(graphs, tmp / "fused" / f"{layout.backbone}.onnx")
+            checked = validate_graphs(model, graphs, _validation_faces(wire_size, precision), precision=precision,
+                                      atol=atol, min_agreement=min_agreement, max_prob_diff=max_prob_diff,
+                                      names={"backbone": layout.backbone, **names})
+            if "backbone" in checked.graphs:  # an FP32 backbone is a graph of its own: reported like the stages
+                reports[layout.backbone] = checked.graphs["backbone"]
+                if on_report:
+                    on_report(reports[layout.backbone])
+            if precision == "int8":
+                from fer_triton.export.quantize import QuantizationReport
+
+                cpu_report = QuantizationReport(precision, checked.top1_agreement, checked.faces,
+                                                checked.chain_max_prob_diff, min_agreement, methods,
+                                                seconds=time.perf_counter() - start)
+                metadata.update(cpu_report.metadata())
+                log.info("%s", checked.summary())
         write_repository(output, paths, layout=layout, wire_size=wire_size, classes=ckpt.classes,
                          max_batch_size=max_batch_size, threads=threads, metadata=metadata, overwrite=overwrite,
                          fused=fused)
@@ -95,3 +131,26 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, wire_size: 
                                         gpu_only=(target == "gpu"))
     return ExportResult(output, layout, reports, chain_diff, ckpt.describe_weights(), target, gpu_configs, gpu_report,
                         cpu_precision=cpu_report, fused=fused)
+
+
+def _validation_faces(wire_size: int, precision: str) -> np.ndarray:
+    """UINT8 faces [N, wire_size, wire_size, 3] to validate graphs of ``precision`` on.
+
+    FP32: 4 random faces (every pixel value occurs). INT8: the 128 held-out drawn faces its top-1
+    agreement is measured on (never the calibration faces).
+    """
+    if precision == "int8":
+        from fer_triton.export.quantize import CHECK_SEED, DEFAULT_CHECK_FACES
+        from fer_triton.synthetic import draw_faces
+
+        return draw_faces(DEFAULT_CHECK_FACES, wire_size, seed=CHECK_SEED)[0]
+    gen = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (4, wire_size, wire_size, 3), dtype=torch.uint8, generator=gen).numpy()
+
+
+def _fuse(graphs: dict[str, Path], output: Path) -> dict[str, Path]:
+    """The fused layout's graphs: preprocess + CLIP encoder + mask net merged into ``output``, and the head."""
+    from fer_triton.export.fuse import fuse_backbone
+
+    backbone = fuse_backbone(graphs["preprocess"], graphs["clip_encoder"], graphs["mask_net"], output)
+    return {"backbone": backbone, "head": graphs["head"]}

@@ -13,12 +13,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BACKBONE_INPUTS = ("faces",)
-BACKBONE_OUTPUTS = ("clip_features", "mask_logits")
+from fer_triton.export.onnx_chain import GRAPH_IO
+
+BACKBONE_INPUTS, BACKBONE_OUTPUTS = GRAPH_IO["backbone"]
 
 
 def fuse_backbone(preprocess: Path, clip_encoder: Path, mask_net: Path, output: Path) -> Path:
-    """Write the merged graph (faces -> clip_features, mask_logits) to ``output``."""
+    """Write the merged graph (faces -> clip_features, mask_logits) to ``output``.
+
+    Structure only (names, opsets, ``onnx.checker``): export compares the fused graph's outputs with
+    PyTorch's (export/validate.py) before it writes a repository. The output is a pure function of
+    the three input files, so the repository writer's own fusion gives the same graph.
+    Raises ValueError when the stage graphs do not connect by the public tensor names.
+    """
     import onnx
     from onnx import compose, helper
 

@@ -25,17 +25,19 @@ from typing import TYPE_CHECKING
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from fer_triton.export.precision import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_TOP1_AGREEMENT
+from fer_triton.export.precision import DEFAULT_MAX_PROB_DIFF
+from fer_triton.export.precision_names import REDUCED_STAGES, TENSORRT_PRECISIONS
 from fer_triton.export.repository import (VERSIONED_STAGES, RepositoryLayout, _signatures, _tensor, config_text,
                                          read_ensemble_config)
+from fer_triton.metrics import DEFAULT_MIN_TOP1_AGREEMENT
 
 if TYPE_CHECKING:
     from fer_triton.export.precision import PrecisionReport
 
 VARIANTS = ("gpu", "gpu_trt", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = TENSORRT_PRECISIONS
 # Stages worth a TensorRT engine: they hold nearly all of the model's FLOPs.
-TRT_STAGES = ("clip_encoder", "mask_net")
+TRT_STAGES = REDUCED_STAGES
 PLAN_FILENAME = "model.plan"
 # A named set (e.g. "t4") sizes the variants for one GPU type: configs/gpu_t4.pbtxt, model_t4.plan.
 SET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")

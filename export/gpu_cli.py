@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from fer_triton.export.gpu import VARIANTS, GPUOptions
+from fer_triton.export.precision_names import TENSORRT_PRECISIONS
 
 
 def _apply(options, command):
@@ -16,7 +17,7 @@ def _apply(options, command):
 
 # How the GPU configs batch, scale and cache engines: `export` and `gpu-configs` share them.
 CONFIG_OPTIONS = [
-    click.option("--gpu-precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+    click.option("--gpu-precision", type=click.Choice(TENSORRT_PRECISIONS), default="fp16", show_default=True,
                  help="TensorRT precision of the gpu_trt variant (FP16 is checked against FP32 at export)."),
     click.option("--gpu-max-batch-size", type=int, default=256, show_default=True,
                  help="Largest batch the GPU models' dynamic batcher forms (TensorRT profile max)."),
@@ -96,7 +97,7 @@ def gpu_configs(repository, name, prefix, **gpu):
               show_default=True, help="Exported repository (with GPU configs) on the serving host.")
 @click.option("--profile", default="1/32/256", show_default=True,
               help="TensorRT optimisation profile: MIN/OPT/MAX batch size.")
-@click.option("--precision", "precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True)
+@click.option("--precision", "precision", type=click.Choice(TENSORRT_PRECISIONS), default="fp16", show_default=True)
 @click.option("--builder", type=click.Choice(["auto", "python", "trtexec"]), default="auto", show_default=True,
               help="TensorRT's Python API or trtexec (auto: the API when importable).")
 @click.option("--name", default="", help="Build for the GPU config set of this name (`gpu-configs --name`): "

@@ -1,7 +1,9 @@
 """Convert each CAFE stage to ONNX and validate it against PyTorch on the same inputs.
 
 Like optimum's exporters: every stage declares its inputs, outputs and dynamic axes, and an export
-always runs the ONNX graph with onnxruntime and fails loudly when it differs from PyTorch.
+always runs the ONNX graph with onnxruntime and fails loudly when it differs from PyTorch. The graphs
+a repository finally serves (staged or fused, FP32 or INT8) are validated again as a chain by
+export/validate.py.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
+from fer_triton.export.onnx_chain import GRAPH_IO
+from fer_triton.metrics import max_abs_diff
 from fer_triton.model import CAFE, Head, Preprocess
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,15 @@ class StageReport:
     def worst(self) -> float:
         return max(self.max_abs_diff.values())
 
+    def check(self, atol: float) -> "StageReport":
+        """Raise ExportValidationError naming every output when the worst difference exceeds ``atol``."""
+        if self.worst > atol:
+            raise ExportValidationError(
+                f"{self.name}: ONNX differs from PyTorch by {self.worst:.3g} (> atol {atol:g}) in "
+                + ", ".join(f"{k}={v:.3g}" for k, v in self.max_abs_diff.items())
+            )
+        return self
+
 
 class HeadGraph(nn.Module):
     """The head stage as an ONNX graph: initializers keep the names head.fc.weight / head.fc.bias.
@@ -70,8 +82,8 @@ def _sample_faces(wire_size: int):
     return faces
 
 
-def _sample_pixels(wire_size: int):
-    preprocess, faces = Preprocess(), _sample_faces(wire_size)
+def _sample_pixels(wire_size: int, preprocess: Preprocess | None = None):
+    preprocess, faces = preprocess or Preprocess(), _sample_faces(wire_size)
 
     def pixels(batch, gen):
         # Realistic pixel statistics: normalised random images, not unit Gaussians.
@@ -79,15 +91,22 @@ def _sample_pixels(wire_size: int):
     return pixels
 
 
-def mask_net_spec(mask_net: nn.Module, name: str, wire_size: int = 224) -> StageSpec:
-    """The mask-net stage alone (also used by retrain to publish a fine-tuned mask net)."""
-    return StageSpec(name, mask_net, ("pixels",), ("mask_logits",), _sample_pixels(wire_size))
+def mask_net_spec(mask_net: nn.Module, name: str, wire_size: int = 224,
+                  preprocess: Preprocess | None = None) -> StageSpec:
+    """The mask-net stage alone (also used by retrain to publish a fine-tuned mask net).
+
+    ``preprocess`` only shapes the sample pixels (default: ImageNet statistics).
+    """
+    return StageSpec(name, mask_net, *GRAPH_IO["mask_net"], _sample_pixels(wire_size, preprocess))
 
 
 def stage_specs(model: CAFE, wire_size: int, names: dict[str, str]) -> list[StageSpec]:
-    """The four graphs of the ensemble, with sample inputs shaped as Triton will feed them."""
-    preprocess = Preprocess()
-    faces, pixels = _sample_faces(wire_size), _sample_pixels(wire_size)
+    """The four graphs of the ensemble, with sample inputs shaped as Triton will feed them.
+
+    The preprocess graph is the model's own (``model.preprocess``: as its checkpoint recorded).
+    """
+    preprocess = model.preprocess
+    faces, pixels = _sample_faces(wire_size), _sample_pixels(wire_size, preprocess)
 
     def head_inputs(batch, gen):
         px = pixels(batch, gen)[0]
@@ -95,11 +114,10 @@ def stage_specs(model: CAFE, wire_size: int, names: dict[str, str]) -> list[Stag
             return model.clip(px), model.mask_net(px)
 
     return [
-        StageSpec(names["preprocess"], preprocess, ("faces",), ("pixels",), faces),
-        StageSpec(names["clip_encoder"], model.clip, ("pixels",), ("clip_features",), pixels),
-        mask_net_spec(model.mask_net, names["mask_net"], wire_size),
-        StageSpec(names["head"], HeadGraph(model.head), ("clip_features", "mask_logits"),
-                  ("masked_features", "logits", "probabilities"), head_inputs),
+        StageSpec(names["preprocess"], preprocess, *GRAPH_IO["preprocess"], faces),
+        StageSpec(names["clip_encoder"], model.clip, *GRAPH_IO["clip_encoder"], pixels),
+        mask_net_spec(model.mask_net, names["mask_net"], wire_size, preprocess),
+        StageSpec(names["head"], HeadGraph(model.head), *GRAPH_IO["head"], head_inputs),
     ]
 
 
@@ -140,14 +158,8 @@ def export_stage(spec: StageSpec, path: Path, *, batch: int = 3, atol: float = D
         exp = exp.numpy()
         if exp.shape != act.shape:
             raise ExportValidationError(f"{spec.name}: output {out_name} has shape {act.shape}, PyTorch {exp.shape}")
-        diffs[out_name] = float(np.max(np.abs(exp.astype(np.float64) - act.astype(np.float64))))
-    report = StageReport(spec.name, path, diffs)
-    if report.worst > atol:
-        raise ExportValidationError(
-            f"{spec.name}: ONNX differs from PyTorch by {report.worst:.3g} (> atol {atol:g}) in "
-            + ", ".join(f"{k}={v:.3g}" for k, v in diffs.items())
-        )
-    return report
+        diffs[out_name] = max_abs_diff(exp, act)
+    return StageReport(spec.name, path, diffs).check(atol)
 
 
 def export_onnx_stages(model: CAFE, out_dir: Path, wire_size: int, names: dict[str, str], *,
@@ -161,34 +173,3 @@ def export_onnx_stages(model: CAFE, out_dir: Path, wire_size: int, names: dict[s
         if on_report:
             on_report(report)
     return reports
-
-
-def run_onnx_chain(paths: dict[str, Path], names: dict[str, str], faces: np.ndarray,
-                   threads: int = 0) -> dict[str, np.ndarray]:
-    """Run the four ONNX graphs in-process, as the ensemble wires them (for checks and baselines)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = {k: ort.InferenceSession(str(paths[names[k]]), opts, providers=["CPUExecutionProvider"])
-            for k in ("preprocess", "clip_encoder", "mask_net", "head")}
-    (pixels,) = sess["preprocess"].run(["pixels"], {"faces": faces})
-    (clip_features,) = sess["clip_encoder"].run(["clip_features"], {"pixels": pixels})
-    (mask_logits,) = sess["mask_net"].run(["mask_logits"], {"pixels": pixels})
-    masked, logits, probs = sess["head"].run(["masked_features", "logits", "probabilities"],
-                                             {"clip_features": clip_features, "mask_logits": mask_logits})
-    return {"masked_features": masked, "logits": logits, "probabilities": probs}
-
-
-def validate_chain(model: CAFE, paths: dict[str, Path], names: dict[str, str], wire_size: int,
-                   *, batch: int = 4, atol: float = DEFAULT_ATOL, seed: int = 1) -> float:
-    """End-to-end check: uint8 faces through all ONNX graphs vs the PyTorch model. Returns max |dp|."""
-    gen = torch.Generator().manual_seed(seed)
-    faces = torch.randint(0, 256, (batch, wire_size, wire_size, 3), dtype=torch.uint8, generator=gen)
-    with torch.no_grad():
-        expected = model(Preprocess()(faces)).probabilities.numpy()
-    got = run_onnx_chain(paths, names, faces.numpy())["probabilities"]
-    diff = float(np.max(np.abs(expected - got)))
-    if diff > atol:
-        raise ExportValidationError(f"ONNX ensemble probabilities differ from PyTorch by {diff:.3g} (> atol {atol:g})")
-    return diff

@@ -18,14 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_triton.export.onnx_chain import OnnxChain, latest_onnx  # noqa: F401 (export/tensorrt.py imports it here)
+from fer_triton.export.precision_names import REDUCED_STAGES, precision
 from fer_triton.export.repository import RepositoryLayout, read_ensemble_config
+from fer_triton.metrics import DEFAULT_MIN_TOP1_AGREEMENT, max_abs_diff, top1_agreement
 
 log = logging.getLogger(__name__)
 
 # Defaults for a trained model; random-weight models have near-uniform probabilities and flip more.
-DEFAULT_MIN_TOP1_AGREEMENT = 0.99
-DEFAULT_MAX_PROB_DIFF = 0.02
-FP16_STAGES = ("clip_encoder", "mask_net")
+DEFAULT_MAX_PROB_DIFF = precision("fp16").max_prob_diff
+FP16_STAGES = REDUCED_STAGES
 
 
 class PrecisionCheckError(RuntimeError):
@@ -60,17 +62,15 @@ class PrecisionReport:
 def compare(reference: np.ndarray, candidate: np.ndarray, name: str, *,
             min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT,
             max_prob_diff: float = DEFAULT_MAX_PROB_DIFF) -> PrecisionReport:
-    """Compare two [N, classes] probability arrays computed on the same faces."""
-    reference, candidate = np.asarray(reference), np.asarray(candidate)
-    if reference.shape != candidate.shape or reference.ndim != 2 or reference.shape[0] == 0:
-        raise ValueError(f"need two non-empty [N, classes] probability arrays of one shape, "
-                         f"got {reference.shape} and {candidate.shape}")
+    """Compare two [N, classes] probability arrays computed on the same faces.
+
+    Raises ValueError unless both are non-empty [N, classes] arrays of one shape.
+    """
+    agreement = top1_agreement(reference, candidate)
     if not np.isfinite(candidate).all():
-        # NaN/inf (FP16 overflow) must fail, not slip through max() and argmax().
-        return PrecisionReport(name, len(reference), 0.0, float("inf"), min_top1_agreement, max_prob_diff)
-    agreement = float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
-    diff = float(np.max(np.abs(reference.astype(np.float64) - candidate.astype(np.float64))))
-    return PrecisionReport(name, len(reference), agreement, diff, min_top1_agreement, max_prob_diff)
+        agreement = 0.0  # NaN/inf (FP16 overflow) must fail, not slip through argmax(); max |dp| is inf
+    return PrecisionReport(name, len(reference), agreement, max_abs_diff(reference, candidate),
+                           min_top1_agreement, max_prob_diff)
 
 
 def convert_to_fp16(src: str | Path, dst: str | Path) -> Path:
@@ -95,56 +95,19 @@ def convert_to_fp16(src: str | Path, dst: str | Path) -> Path:
     return dst
 
 
-def _session(path: Path, threads: int, fp16: bool):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    if fp16:
-        # onnxruntime's extended CPU fusions crash on these FP16 graphs (seen with 1.32): basic only.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run_chain(paths: dict[str, Path], faces: np.ndarray, *, threads: int = 0,
-              fp16_stages: tuple[str, ...] = ()) -> np.ndarray:
-    """Probabilities of the four stage graphs (keys: preprocess, clip_encoder, mask_net, head)."""
-    sess = {stage: _session(paths[stage], threads, stage in fp16_stages)
-            for stage in ("preprocess", "clip_encoder", "mask_net", "head")}
-    (pixels,) = sess["preprocess"].run(["pixels"], {"faces": faces})
-    (clip_features,) = sess["clip_encoder"].run(["clip_features"], {"pixels": pixels})
-    (mask_logits,) = sess["mask_net"].run(["mask_logits"], {"pixels": pixels})
-    (probabilities,) = sess["head"].run(["probabilities"], {"clip_features": clip_features,
-                                                            "mask_logits": mask_logits})
-    return probabilities
-
-
 def check_fp16_onnx(paths: dict[str, Path], faces: np.ndarray, work_dir: str | Path, *, threads: int = 0,
                     min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT,
                     max_prob_diff: float = DEFAULT_MAX_PROB_DIFF) -> PrecisionReport:
     """FP16 (CLIP encoder + mask net) vs FP32 chain on ``faces``; FP16 graphs go to ``work_dir``."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    reference = run_chain(paths, faces, threads=threads)
+    reference = OnnxChain(paths, threads=threads)(faces)
     fp16_paths = dict(paths)
     for stage in FP16_STAGES:
         fp16_paths[stage] = convert_to_fp16(paths[stage], work_dir / f"{stage}.fp16.onnx")
-    candidate = run_chain(fp16_paths, faces, threads=threads, fp16_stages=FP16_STAGES)
+    candidate = OnnxChain(fp16_paths, threads=threads, basic_optimization=FP16_STAGES)(faces)
     return compare(reference, candidate, "FP16 ONNX (CLIP encoder + mask net, onnxruntime CPU)",
                    min_top1_agreement=min_top1_agreement, max_prob_diff=max_prob_diff)
-
-
-def latest_onnx(model_dir: Path) -> Path:
-    """model.onnx of the highest numeric version: what an ensemble step with version -1 runs."""
-    versions = sorted((int(p.name), p) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()
-                      and (p / "model.onnx").is_file()) if model_dir.is_dir() else []
-    if not versions:
-        raise FileNotFoundError(f"no <version>/model.onnx under {model_dir}: is this an exported repository?")
-    return versions[-1][1] / "model.onnx"
-
-
-def repository_paths(repository: str | Path, layout: RepositoryLayout = RepositoryLayout()) -> dict[str, Path]:
-    return {stage: latest_onnx(Path(repository) / name) for stage, name in layout.stages.items()}
 
 
 def exported_precision(repository: str | Path, layout: RepositoryLayout = RepositoryLayout()) -> str:
@@ -169,7 +132,7 @@ def check_served(url: str, repository: str | Path, faces: np.ndarray, *, model: 
         # Its model.onnx files are themselves reduced precision: comparing with them proves nothing.
         raise ValueError(f"{repository} was exported in {recorded}: the reference must be an FP32 export "
                          f"of the same checkpoint")
-    reference = run_chain(repository_paths(repository, layout), faces, threads=threads)
+    reference = OnnxChain.from_repository(repository, layout, threads=threads)(faces)
     with FerClient(url, model) as client:
         served = client.infer_all(faces).probabilities
     return compare(reference, served, f"served model '{model}' at {url}",

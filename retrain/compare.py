@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fer_triton.labels import CLASSES
+from fer_triton.metrics import accuracy, balanced_accuracy, confusion_matrix, per_class_recall
 
 
 @dataclass
@@ -17,7 +18,7 @@ class HeadScores:
 
     @property
     def balanced_accuracy(self) -> float:
-        return float(np.nanmean(self.recall))
+        return balanced_accuracy(self.confusion)
 
     def as_dict(self) -> dict:
         return {"accuracy": self.accuracy, "balanced_accuracy": self.balanced_accuracy,
@@ -26,14 +27,14 @@ class HeadScores:
 
 
 def score(labels: np.ndarray, predicted: np.ndarray, num_classes: int = len(CLASSES)) -> HeadScores:
+    """Accuracy, per-class recall and confusion of class indices ``predicted`` [N] against ``labels`` [N].
+
+    Raises ValueError for no labels or a different number of predictions.
+    """
     if len(labels) == 0 or len(labels) != len(predicted):
         raise ValueError(f"need as many predictions as labels (>0), got {len(predicted)} and {len(labels)}")
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
-    support = confusion.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(support > 0, np.diag(confusion) / support, np.nan)
-    return HeadScores(float(np.trace(confusion) / len(labels)), recall, confusion)
+    confusion = confusion_matrix(labels, predicted, num_classes)
+    return HeadScores(accuracy(confusion), per_class_recall(confusion), confusion)
 
 
 @dataclass

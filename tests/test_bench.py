@@ -14,10 +14,11 @@ from click.testing import CliRunner
 
 from conftest import pytorch_probabilities
 from fer_triton.benchmarks.bench import BenchConfig, BenchError, run_benchmark
+from fer_triton.benchmarks.perf_analyzer import NOT_INSTALLED
 from fer_triton.benchmarks.report import format_report, save_json
 from fer_triton.checkpoint import CAFECheckpoint
 from fer_triton.client import FerClient
-from fer_triton.export.quantize import AgreementError, check_agreement
+from fer_triton.export.validate import AgreementError, check_agreement
 from fer_triton.model import Preprocess
 from fer_triton.synthetic import draw_faces
 
@@ -80,11 +81,13 @@ def test_bench_baselines_targets_and_perf_analyzer(bench):
     for ratio in targets["served_vs_inprocess"].values():
         assert ratio["ratio"] == pytest.approx(ratio["served"] / ratio["inprocess"], rel=1e-2)
         assert ratio["served_cpu_ms_per_face"] > 0 and ratio["inprocess_cpu_ms_per_face"] > 0
+    assert result["machine"]["cores"] >= 1 and result["machine"]["cpu"]
     pa = result["served"][0]["perf_analyzer"]
+    if pa.get("error", "").startswith(NOT_INSTALLED):  # installed by `make install`; never downloaded here
+        pytest.skip(pa["error"])
     assert "error" not in pa, pa.get("error")
     assert [r["concurrency"] for r in pa["rows"]] == list(CONCURRENCY)
     assert all(r["faces_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in pa["rows"])
-    assert result["machine"]["cores"] >= 1 and result["machine"]["cpu"]
 
 
 def test_bench_result_saves_as_json_and_prints_a_table(bench, tmp_path):

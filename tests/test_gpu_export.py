@@ -22,7 +22,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from conftest import pytorch_probabilities
 from fer_triton.cli import cli
 from fer_triton.client.grpc_client import FerClient
-from fer_triton.export import gpu, precision, tensorrt
+from fer_triton.export import gpu, onnx_chain, precision, tensorrt
 from fer_triton.export.repository import RepositoryLayout
 from fer_triton.server import TritonServerError
 from fer_triton.synthetic import draw_faces
@@ -143,7 +143,7 @@ def test_export_refuses_an_unknown_target(tiny_checkpoint, tmp_path):
 # -- precision ------------------------------------------------------------------------------------
 
 def test_fp16_check_runs_the_fp16_graphs_on_cpu(tiny_repository, tmp_path):
-    paths = precision.repository_paths(tiny_repository)
+    paths = onnx_chain.repository_graphs(tiny_repository)
     faces, _ = draw_faces(12, 224, seed=4)
     report = precision.check_fp16_onnx(paths, faces, tmp_path)
     print(report.summary())

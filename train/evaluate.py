@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fer_triton.labels import CLASSES, NUM_CLASSES
+from fer_triton.metrics import confusion_matrix, per_class_recall
 from fer_triton.model import CAFE
 from fer_triton.train.augment import NoAugment
 from fer_triton.train.datasets import FaceDataset, TorchFaces
@@ -50,18 +51,7 @@ class EvalResult:
     @property
     def per_class_recall(self) -> list[float | None]:
         """Recall of each class (None where the test set has no image of it)."""
-        cm = self.confusion
-        return [float(cm[c, c] / cm[c].sum()) if cm[c].sum() else None for c in range(NUM_CLASSES)]
-
-
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """cm[true, predicted] = number of images."""
-    labels, predictions = np.asarray(labels), np.asarray(predictions)
-    if labels.shape != predictions.shape:
-        raise ValueError(f"{labels.shape[0]} labels but {predictions.shape[0]} predictions")
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (labels, predictions), 1)
-    return cm
+        return [None if np.isnan(r) else float(r) for r in per_class_recall(self.confusion)]
 
 
 # -- predictions -------------------------------------------------------------------------------
@@ -74,7 +64,8 @@ def predict_pytorch(model: CAFE, dataset: FaceDataset, *, clip_cache: ClipFeatur
     was_training = model.training
     device = next(model.mask_net.parameters()).device
     model.eval()
-    loader = DataLoader(TorchFaces(dataset, NoAugment()), batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(TorchFaces(dataset, NoAugment(model.preprocess.cpu_copy())), batch_size=batch_size,
+                        shuffle=False, num_workers=workers)
     out = []
     try:
         for pixels, _, index, _ in tqdm(loader, desc=f"evaluate {dataset.name}", disable=not progress, leave=False):
@@ -87,8 +78,6 @@ def predict_pytorch(model: CAFE, dataset: FaceDataset, *, clip_cache: ClipFeatur
 
 def predict_served(client, dataset: FaceDataset, *, chunk: int = 256, progress: bool = True) -> np.ndarray:
     """Probabilities [N, 7] from the served ensemble (``fer_triton.client.FerClient``), read at its wire size."""
-    from PIL import Image
-
     from fer_triton.images import to_wire
 
     info = client.info()
@@ -97,7 +86,7 @@ def predict_served(client, dataset: FaceDataset, *, chunk: int = 256, progress: 
     out = []
     for start in tqdm(range(0, len(dataset), chunk), desc=f"evaluate {dataset.name} (served)",
                       disable=not progress, leave=False):
-        faces = np.stack([to_wire(Image.fromarray(dataset.load(i)), info.wire_size)
+        faces = np.stack([to_wire(dataset.load(i), info.wire_size)
                           for i in range(start, min(start + chunk, len(dataset)))])
         out.append(client.infer_all(faces).probabilities)
     return np.concatenate(out)
