@@ -25,6 +25,17 @@ def cli(verbose: int) -> None:
     configure_logging(verbose)
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _raise_interrupt(*_):
     raise KeyboardInterrupt
 
@@ -39,13 +50,33 @@ def _raise_interrupt(*_):
 @click.option("--log-file", type=click.Path(path_type=Path), help="Write Triton's log here.")
 @click.option("--log-verbose", default=0, show_default=True, help="Triton's own --log-verbose level.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for all models to load.")
+@click.option("--restrict-config", is_flag=True,
+              help="Also put the model-config API behind the admin key (clients then need the key to read configs).")
 @verbose_option
-def serve(repository, host, grpc_port, http_port, metrics_port, log_file, log_verbose, timeout, verbose):
-    """Start the real tritonserver (CPU, from the nvidia-pytriton wheel) on a model repository."""
+def serve(repository, host, grpc_port, http_port, metrics_port, log_file, log_verbose, timeout, restrict_config,
+          verbose):
+    """Start the real tritonserver (CPU, from the nvidia-pytriton wheel) on a model repository.
+
+    Model control (load, unload, repository index) is restricted to requests carrying the admin key
+    when FER_TRITON_ADMIN_KEY or FER_TRITON_ADMIN_KEY_FILE is set; inference, health and metadata stay open.
+    """
+    from fer_triton.admin_key import AdminKeyError, load_admin_key
     from fer_triton.server import TritonServer, TritonServerError
 
+    try:
+        admin_key = load_admin_key()
+    except AdminKeyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if restrict_config and not admin_key:
+        raise click.ClickException("--restrict-config needs an admin key: set FER_TRITON_ADMIN_KEY or "
+                                   "FER_TRITON_ADMIN_KEY_FILE")
+    if admin_key is None and not _is_loopback(host):
+        click.secho(f"WARNING: listening on {host} without an admin key: anyone who reaches the ports can load, "
+                    "unload and upload models (and so run code in the server). Set FER_TRITON_ADMIN_KEY or "
+                    "FER_TRITON_ADMIN_KEY_FILE.", fg="yellow", err=True)
     server = TritonServer(repository, host=host, grpc_port=grpc_port, http_port=http_port,
-                          metrics_port=metrics_port, log_file=log_file, log_verbose=log_verbose)
+                          metrics_port=metrics_port, log_file=log_file, log_verbose=log_verbose,
+                          admin_key=admin_key, restrict_config=restrict_config)
     click.echo(f"starting tritonserver on {repository} ...")
     try:
         server.start(timeout_s=timeout)
@@ -53,6 +84,7 @@ def serve(repository, host, grpc_port, http_port, metrics_port, log_file, log_ve
         raise click.ClickException(str(exc)) from exc
     click.echo(f"ready  gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}")
     click.echo(f"log    {server.log_file}")
+    click.echo("model control: " + ("behind the admin key" if admin_key else "open (no admin key set)"))
     click.echo("Ctrl-C or SIGTERM stops the server.")
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
     try:
@@ -75,10 +107,11 @@ def _register_commands() -> None:
     from fer_triton.export.cli import export
     from fer_triton.export.gpu_cli import build_trt, check_precision, gpu_configs
     from fer_triton.retrain.cli import drift, retrain, rollback
+    from fer_triton.retrain.fleet_cli import status
     from fer_triton.train.cli import evaluate, explain, train
 
     for command in (demo, export, serve, infer, stream, retrain, rollback, drift, train, evaluate, explain,
-                    build_trt, check_precision, gpu_configs, bench):
+                    build_trt, check_precision, gpu_configs, bench, status):
         cli.add_command(command)
 
 

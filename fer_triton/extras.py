@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "retrain": ("retrain", None),
     "rollback": ("retrain", None),
     "drift": ("retrain", None),
+    "status": ("", None),
     "train": ("train", None),
     "evaluate": ("train", None),
     "explain": ("train", None),

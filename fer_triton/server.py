@@ -25,6 +25,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fer_triton.admin_key import http_headers, redact, restriction_args
+
 log = logging.getLogger(__name__)
 
 
@@ -133,6 +135,10 @@ class TritonServer:
     log_file: Path | None = None
     exit_timeout_s: int = 5
     extra_args: list[str] = field(default_factory=list)
+    # Model control (and with restrict_config, model config) answers only requests carrying this key
+    # (fer_triton.admin_key); None leaves them open. Kept out of repr and of every message we write.
+    admin_key: str | None = field(default=None, repr=False)
+    restrict_config: bool = False
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _workdir: Path | None = field(default=None, init=False, repr=False)
 
@@ -168,6 +174,8 @@ class TritonServer:
         ]
         if self.model_control == "explicit":
             cmd.append("--load-model=*")
+        if self.admin_key:
+            cmd += restriction_args(self.admin_key, restrict_config=self.restrict_config)
         return cmd + list(self.extra_args)
 
     def environment(self, install: TritonInstall) -> dict[str, str]:
@@ -215,7 +223,7 @@ class TritonServer:
 
     def _get(self, path: str, method: str = "GET") -> tuple[int, bytes]:
         req = urllib.request.Request(f"http://{self.http_url}{path}", method=method,
-                                     data=b"{}" if method == "POST" else None)
+                                     data=b"{}" if method == "POST" else None, headers=http_headers(self.admin_key))
         try:
             with urllib.request.urlopen(req, timeout=5) as resp:
                 return resp.status, resp.read()
@@ -251,7 +259,8 @@ class TritonServer:
 
     def log_tail(self, lines: int = 30) -> str:
         if self.log_file and Path(self.log_file).exists():
-            return "\n".join(Path(self.log_file).read_text(errors="replace").splitlines()[-lines:])
+            tail = "\n".join(Path(self.log_file).read_text(errors="replace").splitlines()[-lines:])
+            return redact(tail, self.admin_key)
         return "(no log)"
 
     def is_running(self) -> bool:
