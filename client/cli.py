@@ -19,14 +19,17 @@ from fer_triton.tables import probability_table
 @click.option("-m", "--model", default="cafe", show_default=True, help="Ensemble name.")
 @click.option("-x", "--model-version", default="", help="Model version to ask for (default: the one Triton serves).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON Lines instead of a table.")
+@click.option("--site", metavar="NAME", help="Ask for a site's own head (the <model>_sites ensemble; the base head "
+                                             "for a site without one).")
 @verbose_option
 @max_pixels_option
-def infer(images, url, model, model_version, as_json, verbose):
+def infer(images, url, model, model_version, as_json, site, verbose):
     """Classify face images (files or folders; any size, RGB/grayscale/RGBA) in one batch."""
     from fer_triton.client.grpc_client import FerClient, FerInputError, FerServerError
     from fer_triton.images import ImageReadError, list_images, read_face
 
-    with FerClient(url, model, model_version=model_version, verbose=tritonclient_verbose(verbose)) as client:
+    with FerClient(url, model, model_version=model_version, verbose=tritonclient_verbose(verbose),
+                   site=site) as client:
         try:
             info = client.info()
         except FerServerError as exc:
@@ -50,7 +53,8 @@ def infer(images, url, model, model_version, as_json, verbose):
     if as_json:
         for name, label, probs in results:
             click.echo(json.dumps({"image": name, "label": label,
-                                   "probabilities": dict(zip(info.classes, map(float, probs)))}))
+                                   "probabilities": dict(zip(info.classes, map(float, probs)))}
+                                  | ({"site": site} if site else {})))
         for name, error in failed:
             click.echo(json.dumps({"image": name, "error": error}))
     else:

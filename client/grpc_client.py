@@ -4,6 +4,9 @@
     out = client.infer(faces)              # faces: UINT8 [B, S, S, 3], S = client.info().wire_size
     out.probabilities, out.labels          # [B, 7], ["Happy", ...]
 
+    FerClient("127.0.0.1:8001", site="lobby").infer(faces)   # the site's own head (base head if it has none)
+    client.infer(faces, sites=["lobby", "door", ""])          # a site per face; "" = the base model
+
 Inputs are checked before they are sent, so a bad batch fails with a message that names what
 was wrong instead of a server round trip.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -23,6 +27,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_MODEL = "cafe"
+SITES_SUFFIX = "_sites"          # <model>_sites: the ensemble with a site per face (retrain/sites.py)
+SITE_HEAD_SUFFIX = "_site_head"  # its last step: every site's head
+# What a site may be called (retrain/sites.py creates them; file and folder names are made from them).
+SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SITE_NAME_RULE = ("1 to 63 characters among lower-case letters a-z, digits, '_' and '-', starting with a letter "
+                  "or digit")
 
 
 class FerInputError(ValueError):
@@ -78,6 +88,9 @@ class FerClient:
 
     ``url``: "host:port" of Triton's gRPC endpoint. ``model``: the ensemble's name;
     ``model_version``: "" for the version Triton's policy serves, or a version number as text.
+    ``site``: a site's name: every request goes to the ``<model>_sites`` ensemble with that site for
+    each face, and gets that site's own head (the base head's outputs for a site without one); None
+    (default): requests go to ``model``. ``infer(..., sites=[...])`` chooses a site per face.
     ``timeout_s``: deadline of each call in seconds (None: no deadline).
     ``headers``: sent with every call (for example an admin key that model control requires, or
     the authorisation header of a proxy in front of Triton).
@@ -93,9 +106,10 @@ class FerClient:
                  verbose: bool = False, timeout_s: float | None = 60.0, headers: dict[str, str] | None = None,
                  ssl: bool = False, root_certificates: str | None = None, private_key: str | None = None,
                  certificate_chain: str | None = None, creds=None, keepalive_options=None,
-                 channel_args: list[tuple] | None = None):
+                 channel_args: list[tuple] | None = None, site: str | None = None):
         self.url = url
         self.model = model
+        self.site = site
         self.model_version = str(model_version)
         self.timeout_s = timeout_s
         self.headers = dict(headers or {})
@@ -115,6 +129,16 @@ class FerClient:
         self.close()
 
     @property
+    def sites_model(self) -> str:
+        """The ensemble that takes a site per face: ``<model>_sites``."""
+        return self.model + SITES_SUFFIX
+
+    @property
+    def served_model(self) -> str:
+        """Where requests without per-face sites go: ``sites_model`` with a client site, else ``model``."""
+        return self.sites_model if self.site is not None else self.model
+
+    @property
     def triton(self) -> grpcclient.InferenceServerClient:
         """The underlying tritonclient object, for health, model control and statistics calls."""
         return self._client
@@ -122,19 +146,21 @@ class FerClient:
     def info(self, refresh: bool = False) -> ModelInfo:
         """What the served ensemble accepts: wire size S, max batch, classes, export metadata.
 
-        Read once from the model's config (``refresh`` reads it again). Raises FerServerError when the
-        server cannot be reached or does not serve the model.
+        Read once from the config of ``served_model`` (``refresh`` reads it again). Raises
+        FerServerError when the server cannot be reached or does not serve the model.
         """
         if self._info is None or refresh:
+            model = self.served_model
             try:
-                cfg = self._client.get_model_config(self.model, self.model_version, headers=self.headers,
+                cfg = self._client.get_model_config(model, self.model_version, headers=self.headers,
                                                     as_json=True, client_timeout=self.timeout_s)["config"]
             except InferenceServerException as exc:
-                raise _server_error(exc, f"cannot read model {self.model!r} from {self.url}") from exc
+                raise _server_error(exc, f"cannot read model {model!r} from {self.url}"
+                                    + (self._no_sites_hint() if self.site is not None else "")) from exc
             dims = [int(d) for d in cfg["input"][0]["dims"]]
             params = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
             self._info = ModelInfo(
-                name=self.model,
+                name=model,
                 wire_size=dims[0],
                 max_batch_size=int(cfg.get("max_batch_size", 0)),
                 classes=tuple(json.loads(params["classes"])) if "classes" in params else (),
@@ -160,11 +186,37 @@ class FerClient:
                 "split it (infer_all does)"
             )
 
-    def _request(self, faces: np.ndarray, with_features: bool):
+    def _no_sites_hint(self) -> str:
+        return (f" (a repository exported before sites existed has no '{self.sites_model}': "
+                f"`fer-triton sites add NAME` adds it, or export the repository again)")
+
+    def _sites(self, faces: np.ndarray, sites) -> list[str] | None:
+        """One site name per face (None: no site input, the base ensemble); FerInputError for a bad list."""
+        if sites is None:
+            return None if self.site is None else [self.site] * len(faces)
+        if isinstance(sites, str):
+            return [sites] * len(faces)
+        sites = list(sites)
+        if len(sites) != len(faces):
+            raise FerInputError(f"{len(sites)} site names for {len(faces)} faces: give one per face ('' = base model)")
+        bad = [s for s in sites if not isinstance(s, str)]
+        if bad:
+            raise FerInputError(f"site names must be strings ('' = the base model), got {bad[:3]!r}")
+        return sites
+
+    def _request(self, faces: np.ndarray, with_features: bool, sites: list[str] | None = None):
         inp = grpcclient.InferInput("faces", list(faces.shape), "UINT8")
         inp.set_data_from_numpy(np.ascontiguousarray(faces))
+        inputs = [inp]
+        if sites is not None:
+            site = grpcclient.InferInput("site", [len(sites), 1], "BYTES")
+            site.set_data_from_numpy(np.array([s.encode("utf-8") for s in sites], dtype=np.object_).reshape(-1, 1))
+            inputs.append(site)
         names = ["probabilities", "logits"] + (["masked_features"] if with_features else [])
-        return [inp], [grpcclient.InferRequestedOutput(n) for n in names]
+        return inputs, [grpcclient.InferRequestedOutput(n) for n in names]
+
+    def _target(self, sites: list[str] | None) -> str:
+        return self.model if sites is None else self.sites_model
 
     def _output(self, result) -> InferOutput:
         return InferOutput(
@@ -174,54 +226,99 @@ class FerClient:
             masked_features=result.as_numpy("masked_features"),
         )
 
-    def infer(self, faces: np.ndarray, *, with_features: bool = False, request_id: str = "") -> InferOutput:
+    def infer(self, faces: np.ndarray, *, with_features: bool = False, request_id: str = "",
+              sites: str | list[str] | None = None) -> InferOutput:
         """One request for a batch of faces UINT8 [B, S, S, 3] (S: ``info().wire_size``).
 
-        Returns probabilities and logits FP32 [B, 7] (and masked_features FP32 [B, 512] with
-        ``with_features``). Raises FerInputError (nothing sent) or FerServerError (refused or failed).
+        ``sites``: one site name per face (or one name for all; "" = the base model) sent to the
+        ``<model>_sites`` ensemble; default: the client's ``site``. Returns probabilities and logits
+        FP32 [B, 7] (and masked_features FP32 [B, 512] with ``with_features``). Raises FerInputError
+        (nothing sent) or FerServerError (refused or failed, e.g. an unknown site, named).
         """
         self.check_batch(faces)
-        inputs, outputs = self._request(faces, with_features)
+        sites = self._sites(faces, sites)
+        inputs, outputs = self._request(faces, with_features, sites)
+        model = self._target(sites)
         try:
-            result = self._client.infer(self.model, inputs, self.model_version, outputs=outputs,
+            result = self._client.infer(model, inputs, self.model_version, outputs=outputs,
                                         request_id=request_id, headers=self.headers, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
-            raise _server_error(exc, f"inference on {self.model!r} at {self.url} failed") from exc
+            raise _server_error(exc, f"inference on {model!r} at {self.url} failed") from exc
         return self._output(result)
 
-    def submit(self, faces: np.ndarray, callback, *, with_features: bool = False, request_id: str = "") -> None:
+    def submit(self, faces: np.ndarray, callback, *, with_features: bool = False, request_id: str = "",
+               sites: str | list[str] | None = None) -> None:
         """Send a batch without waiting (several can be in flight); ``callback(output, error)`` runs on a
-        gRPC thread with an InferOutput or a FerServerError. Bad batches raise FerInputError at once."""
+        gRPC thread with an InferOutput or a FerServerError. ``sites`` as in :meth:`infer`. Bad batches
+        raise FerInputError at once."""
         self.check_batch(faces)
-        inputs, outputs = self._request(faces, with_features)
+        sites = self._sites(faces, sites)
+        inputs, outputs = self._request(faces, with_features, sites)
+        model = self._target(sites)
 
         def done(result, error):
             if error is not None:
-                callback(None, _server_error(error, f"inference on {self.model!r} at {self.url} failed"))
+                callback(None, _server_error(error, f"inference on {model!r} at {self.url} failed"))
             else:
                 callback(self._output(result), None)
 
         try:
-            self._client.async_infer(self.model, inputs, done, self.model_version, outputs=outputs,
+            self._client.async_infer(model, inputs, done, self.model_version, outputs=outputs,
                                      request_id=request_id, headers=self.headers, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
-            raise _server_error(exc, f"inference on {self.model!r} at {self.url} failed") from exc
+            raise _server_error(exc, f"inference on {model!r} at {self.url} failed") from exc
+
+    def check_sites(self, sites: list[str]) -> None:
+        """Ask the server whether it knows every site in ``sites`` ("" is the base model), with one small
+        request to ``<model>_site_head`` (no face goes through the backbone).
+
+        Raises FerInputError naming bad or unknown sites, FerServerError when the server has no site
+        models (a repository exported before sites existed) or cannot be reached.
+        """
+        names = sorted(set(sites))
+        if not names:
+            return
+        n, classes = len(names), len(self.info().classes) or 7
+        arrays = {"masked_features": np.zeros((n, 512), np.float32), "base_logits": np.zeros((n, classes), np.float32),
+                  "base_probabilities": np.full((n, classes), 1.0 / classes, np.float32)}
+        inputs = []
+        for name, array in arrays.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        site = grpcclient.InferInput("site", [n, 1], "BYTES")
+        site.set_data_from_numpy(np.array([s.encode("utf-8") for s in names], dtype=np.object_).reshape(-1, 1))
+        model = self.model + SITE_HEAD_SUFFIX
+        try:
+            self._client.get_model_config(model, headers=self.headers, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise _server_error(exc, f"the server at {self.url} cannot serve sites" + self._no_sites_hint()) from exc
+        try:
+            self._client.infer(model, [*inputs, site], headers=self.headers, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            error = _server_error(exc, f"{self.url}")
+            if "unknown site" in str(error):
+                raise FerInputError(str(error)) from exc
+            raise error from exc
 
     def infer_all(self, faces: np.ndarray, *, batch_size: int | None = None, with_features: bool = False,
-                  on_batch: Callable[[int], None] | None = None) -> InferOutput:
+                  on_batch: Callable[[int], None] | None = None, sites: str | list[str] | None = None) -> InferOutput:
         """Any number of faces (UINT8 [N, S, S, 3]), sent in requests of at most ``batch_size`` faces.
 
         ``batch_size`` defaults to the model's max_batch_size and is capped by it. ``on_batch(n)`` is
-        called after each request with its number of faces (a progress bar's update). Returns the
-        outputs of all N faces in order; raises FerInputError / FerServerError as :meth:`infer`.
+        called after each request with its number of faces (a progress bar's update). ``sites``: as in
+        :meth:`infer` (a list gives one name per face of ``faces``). Returns the outputs of all N faces
+        in order; raises FerInputError / FerServerError as :meth:`infer`.
         """
         info = self.info()
         if len(faces) == 0:
             raise FerInputError("empty batch: send at least one face")
         step = min(batch_size or info.max_batch_size or len(faces), info.max_batch_size or len(faces))
+        sites = self._sites(faces, sites)
         parts = []
         for start in range(0, len(faces), max(1, step)):
-            parts.append(self.infer(faces[start:start + step], with_features=with_features))
+            part = None if sites is None else sites[start:start + step]
+            parts.append(self.infer(faces[start:start + step], with_features=with_features, sites=part))
             if on_batch is not None:
                 on_batch(len(parts[-1].probabilities))
         cat = lambda name: (None if getattr(parts[0], name) is None  # noqa: E731

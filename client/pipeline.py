@@ -12,6 +12,12 @@ drop frames (counted). Memory stays bounded by the queue sizes.
 
 Every frame read is resolved exactly once (faces / no face / bad frame / dropped / unfinished) and
 every face found exactly once (result / error / unfinished); see results.Accounting.
+
+Sites: a camera given as ``SITE/CAM=LOCATION`` is served by the site's own head. A batch holding any
+such face goes to the ``<model>_sites`` ensemble with a site per face ("" for cameras without one,
+which the base head serves), so faces of every site and camera still share one batch and the
+backbone. Every site is checked with the server at the start: an unknown one stops the run before
+any frame is read (it would fail every batch it shares).
 """
 
 from __future__ import annotations
@@ -131,6 +137,9 @@ class StreamPipeline:
                                timeout_s=self.config.request_timeout_s, backoff=Backoff())
         self.detector = detector or make_detector(self.config.detector, min_face=self.config.min_face)
         self.stats = StreamStats(cameras)
+        # camera -> its site ("" = the base model); FrameSource objects carry theirs in .spec
+        self._sites = {s.camera: (getattr(s, "site", None) or getattr(getattr(s, "spec", None), "site", None) or "")
+                       for s in self.sources}
         self._out, self._on_frame, self._progress_out = out, on_frame, progress
         self._table_every_s = table_every_s
         self._frames = FrameQueues(cameras, self.config.queue_frames)
@@ -221,7 +230,8 @@ class StreamPipeline:
         if self.stats.cameras[camera].status.startswith("stalled"):
             self.stats.set_status(camera, "running")
         job = _FrameJob(FrameOutcome(camera, event.index, event.timestamp, "pending",
-                                     getattr(event, "position_ms", None)), time.monotonic())
+                                     getattr(event, "position_ms", None), site=self._sites[camera] or None),
+                        time.monotonic())
         self.stats.add(camera, frames_read=1)
         if isinstance(event, BadFrame):
             self._finish_frame(job, "bad_frame", event.message)
@@ -331,6 +341,7 @@ class StreamPipeline:
                 self.stats.add(face.frame.outcome.camera, faces_sent=1)
         batch.attempts += 1
         faces = np.stack([f.crop for f in batch.faces])
+        sites = [self._sites[f.frame.outcome.camera] for f in batch.faces]
         started = time.perf_counter()
 
         def done(output: InferOutput | None, error: FerServerError | None) -> None:
@@ -341,7 +352,7 @@ class StreamPipeline:
                 self._fail_batch(batch, "internal error while handling the answer (see log)")
 
         try:
-            server.client.submit(faces, done)
+            server.client.submit(faces, done, sites=sites if any(sites) else None)
         except FerInputError as exc:       # a crop the model cannot take: not worth retrying
             self._fail_batch(batch, str(exc))
         except FerServerError as exc:      # e.g. model info unreadable right after a reconnect
@@ -429,6 +440,17 @@ class StreamPipeline:
                 if self.writer is not None:
                     self.writer.event(camera, "stalled", f"no frame for {now - last:.0f}s")
 
+    def _check_sites(self, sites: list[str]) -> None:
+        """Every server that answers must know every site (FerClient.check_sites): FerInputError naming the
+        unknown ones, FerServerError for a server without site models. A server down for now is skipped."""
+        for server in self.pool.servers:
+            try:
+                server.client.check_sites(sites)
+            except FerServerError as exc:
+                if not is_retryable(exc):
+                    raise
+                log.warning("server %s does not answer yet; its sites are not checked: %s", server.url, exc)
+
     # ---- run -------------------------------------------------------------------------------
     def run(self) -> StreamSummary:
         """Stream every source to the servers until all sources end or a stop is asked for; blocks.
@@ -439,9 +461,14 @@ class StreamPipeline:
         result is written as one JSON Lines record; every frame read ends as a result, a drop, a bad
         frame, a no-face record, an error record, or an ``unfinished`` record after a stop. Returns the
         StreamSummary (per-camera counts, faces/s, latency percentiles in milliseconds). Raises
-        FerServerError when no server answers within ``connect_wait_s`` at the start.
+        FerServerError when no server answers within ``connect_wait_s`` at the start and, before any
+        frame is read, FerInputError naming a site the server does not know, or FerServerError for a
+        server without site models.
         """
         info = self.info = self.pool.info(wait_s=self.config.connect_wait_s)
+        sites = sorted({s for s in self._sites.values() if s})
+        if sites:
+            self._check_sites(sites)
         self._batch_size = min(self.config.batch_size, info.max_batch_size or self.config.batch_size)
         if self._out is not None:
             self.writer = JsonLinesWriter(self._out, info.classes)

@@ -40,6 +40,7 @@ class FrameOutcome:
     position_ms: float | None = None
     message: str = ""
     faces: list[FaceOutcome] = field(default_factory=list)
+    site: str | None = None          # the camera's site (SITE/CAM=...): its faces were served by its head
 
 
 def _percentile(values, q: float) -> float | None:
@@ -159,7 +160,8 @@ class StreamStats:
 
 class JsonLinesWriter:
     """One JSON object per line: a face result or error, a frame without face or a bad frame,
-    and camera events (source errors, stream ends). Dropped frames are only counted."""
+    and camera events (source errors, stream ends). Dropped frames are only counted. Lines of a
+    camera mapped to a site carry ``"site": NAME`` (what ``fer-triton drift --site`` reads)."""
 
     def __init__(self, out: IO[str], classes: tuple[str, ...]):
         self.out, self.classes = out, classes
@@ -174,6 +176,8 @@ class JsonLinesWriter:
         if frame.status == "dropped":
             return
         head = {"camera": frame.camera, "frame": frame.index, "timestamp": round(frame.timestamp, 6)}
+        if frame.site is not None:
+            head["site"] = frame.site
         if frame.position_ms is not None:
             head["position_ms"] = round(frame.position_ms, 3)
         if frame.status in ("no_face", "bad_frame") or (frame.status == "unfinished" and not frame.faces):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_triton.client.grpc_client import SITE_NAME, SITE_NAME_RULE
 from fer_triton.images import IMAGE_SUFFIXES, ImageReadError, list_images, read_image
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".mjpeg"}
@@ -58,10 +59,13 @@ class BadFrame:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """``[ID=]LOCATION``: a folder, image file, video file, URL (rtsp://, http://, ...) or device index."""
+    """``[[SITE/]ID=]LOCATION``: a folder, image file, video file, URL (rtsp://, http://, ...) or device
+    index. ``site``: the site whose head serves this camera's faces (None: the base model); the camera
+    id of ``lobby/cam1=...`` is ``lobby/cam1``."""
 
     camera: str
     location: str
+    site: str | None = None
 
     @property
     def kind(self) -> str:
@@ -82,8 +86,31 @@ class SourceSpec:
         return self.kind in ("device", "url")
 
 
+def _site_prefix(text: str) -> tuple[str, str, str] | None:
+    """(site, camera id, location) of ``SITE/CAM=LOCATION``; None when ``text`` is not of that form (or is a
+    path that exists). ValueError naming the rule for a site name that cannot be one."""
+    prefix, sep, location = text.partition("=")
+    site, slash, cam = prefix.partition("/")
+    if not sep or not slash or _URL.match(text) or Path(text).exists() or not _ID.match(site) or not _ID.match(cam):
+        return None
+    if not SITE_NAME.match(site):
+        raise ValueError(f"source {text!r}: {site!r} is not a valid site name: use {SITE_NAME_RULE}")
+    return site, f"{site}/{cam}", location.strip()
+
+
 def parse_source(text: str) -> SourceSpec:
-    """Parse ``[ID=]LOCATION``; without an ID the camera id is the file stem, folder name or device."""
+    """Parse ``[[SITE/]ID=]LOCATION``; without an ID the camera id is the file stem, folder name or device.
+
+    ``SITE/ID=LOCATION`` (e.g. ``lobby/cam1=rtsp://10.0.0.5/s1``) serves the camera's faces with the
+    site's own head; the camera id is then ``SITE/ID``. Raises ValueError for a source without a
+    location or with a site name that breaks the rule.
+    """
+    with_site = _site_prefix(text)
+    if with_site is not None:
+        site, camera, location = with_site
+        if not location:
+            raise ValueError(f"source {text!r} names no location (expected SITE/ID=PATH, URL or device index)")
+        return SourceSpec(camera, location, site)
     camera, sep, location = text.partition("=")
     # "rtsp://host/x?a=b" has an "=" too: only treat the prefix as an id when it looks like one.
     if not sep or _URL.match(text) or not _ID.match(camera) or "://" in camera:

@@ -51,11 +51,14 @@ def stream(sources, urls, model, output, detector, min_face, margin, batch_size,
 
     A SOURCE is [ID=]LOCATION: a folder or image file, a video file, a stream URL OpenCV opens
     (rtsp://, http://...) or a camera device index (0, 1, ...). ID names the camera in the output
-    (default: file stem, folder name, URL host or deviceN). Ctrl-C stops reading and finishes what
-    was read; a second Ctrl-C gives up on it (reported as unfinished).
+    (default: file stem, folder name, URL host or deviceN). SITE/ID=LOCATION (lobby/cam1=rtsp://...)
+    serves that camera with the site's own head (`fer-triton sites`); the others get the base model.
+    Ctrl-C stops reading and finishes what was read; a second Ctrl-C gives up on it (reported as
+    unfinished).
     Exit code: 0 all good, 2 some camera, frame or face failed, 1 nothing could run.
     """
     from fer_triton.client.faces import DetectorUnavailable
+    from fer_triton.client.grpc_client import FerServerError
     from fer_triton.client.pipeline import StreamConfig, StreamPipeline
     from fer_triton.client.servers import NoServerError
     from fer_triton.client.sources import parse_sources
@@ -79,7 +82,7 @@ def stream(sources, urls, model, output, detector, min_face, margin, batch_size,
         finally:
             if out is not sys.stdout:
                 out.close()
-    except (ValueError, DetectorUnavailable, NoServerError) as exc:
+    except (ValueError, DetectorUnavailable, NoServerError, FerServerError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary.format(), err=True)
     if pipeline.info is not None and pipeline.info.random_weights:

@@ -14,6 +14,11 @@ config.pbtxt is the same for every flavour.
 Preprocess (a few element-wise ops on UINT8) and the head (one 512x7 layer) stay on onnxruntime in
 every variant: TensorRT gains nothing there, and a head version published by `retrain` (a new
 model.onnx) then serves at once, with no engine to build.
+
+The site head (``<prefix>_site_head``, every site's own 512x7 head, retrain/sites.py) stays the python
+backend (numpy, CPU instance) in every variant: it gets a ``configs/<variant>.pbtxt`` sized like the
+base head's, so ``--model-config-name`` finds one, and the ``<prefix>_sites`` ensemble serves on GPU
+hosts unchanged.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from fer_triton.export.precision import DEFAULT_MAX_PROB_DIFF
 from fer_triton.export.precision_names import REDUCED_STAGES, TENSORRT_PRECISIONS
 from fer_triton.export.repository import (VERSIONED_STAGES, RepositoryLayout, _signatures, _tensor, config_text,
-                                         read_ensemble_config)
+                                         read_ensemble_config, sync_site_head_configs)
 from fer_triton.metrics import DEFAULT_MIN_TOP1_AGREEMENT
 
 if TYPE_CHECKING:
@@ -199,7 +204,8 @@ def write_gpu_configs(repository: str | Path, *, layout: RepositoryLayout = Repo
     composing model of an exported repository.
 
     With ``gpu_only`` the GPU default variant also becomes config.pbtxt and the python-backend
-    runners are removed, so NVIDIA's container serves the repository with no extra flag.
+    runners are removed, so NVIDIA's container serves the repository with no extra flag. The site
+    head keeps its python runner and gets the same config names (python backend, CPU instance).
     Returns the files written.
     """
     opts.validate(ensemble_max_batch_size)
@@ -223,6 +229,9 @@ def write_gpu_configs(repository: str | Path, *, layout: RepositoryLayout = Repo
             written.append(model_dir / "config.pbtxt")
             for runner in model_dir.glob("[0-9]*/model.py"):
                 runner.unlink()
+    if (repository / layout.site_head).is_dir():  # python backend everywhere: configs sized like the head's
+        written += [p for p in sync_site_head_configs(repository, layout)
+                    if p.parent.name == "configs" or gpu_only]
     return written
 
 

@@ -5,9 +5,17 @@
     <repo>/cafe_clip_encoder/    pixels -> clip_features [B,512]
     <repo>/cafe_mask_net/        pixels -> mask_logits [B,512]
     <repo>/cafe_head/            clip_features, mask_logits -> masked_features, logits, probabilities
+    <repo>/cafe_sites/           ensemble: faces + site (BYTES [B,1]) -> the same outputs, each face by its site's head
+    <repo>/cafe_site_head/       base head outputs + site -> each site's own head (python backend, numpy)
 
 Fused CPU layout (``fused=True``): ``<repo>/cafe_backbone/`` (faces -> clip_features, mask_logits, one
 merged graph) replaces the first three models; the ensemble and ``cafe_head`` are unchanged.
+
+Sites (retrain/sites.py): ``cafe_sites`` runs the same steps as ``cafe`` (so Triton batches the
+backbone across all sites and base clients), then ``cafe_site_head``, which replaces each face's
+logits and probabilities by those of its site's own head (faces of sites without a head, and faces
+with site "", keep the base head's). One model holds every site's head: sites cost kilobytes, not a
+process each.
 
 Configs are built as Triton's own ``ModelConfig`` protobuf messages, so every file written
 is valid against Triton's schema by construction. Model and tensor names are the public API
@@ -56,8 +64,23 @@ class RepositoryLayout:
         """Fused CPU layout: one model running preprocess + CLIP encoder + mask net (export/fuse.py)."""
         return f"{self.prefix}_backbone"
 
+    @property
+    def site_head(self) -> str:
+        """The one model holding every site's head (retrain/sites.py)."""
+        return f"{self.prefix}_site_head"
+
+    @property
+    def sites_ensemble(self) -> str:
+        """The ensemble clients call with a ``site`` input per face."""
+        return f"{self.prefix}_sites"
+
+    def model_name(self, stage: str) -> str:
+        """Model name of ``stage``: one of ``stages``, "backbone" or "site_head"; KeyError otherwise."""
+        extra = {"backbone": self.backbone, "site_head": self.site_head}
+        return self.stages[stage] if stage in self.stages else extra[stage]
+
     def served_models(self, fused: bool = False) -> list[str]:
-        """The composing models a repository of this layout holds (head last)."""
+        """The composing models of the ensemble in a repository of this layout (head last)."""
         names = self.stages
         return [self.backbone, names["head"]] if fused else list(names.values())
 
@@ -92,6 +115,11 @@ SINGLE_THREAD_STAGES = ("preprocess", "head")
 # Stages retrain can publish new versions of: the previous version stays loaded, so a publish can
 # switch the ensemble in one step and a rollback is instant.
 VERSIONED_STAGES = ("mask_net", "head")
+
+# The site head (export/triton_python/site_head_model.py): python backend + numpy on CPU and GPU hosts.
+SITE_RUNNER_SOURCE = Path(str(resources.files("fer_triton.export") / "triton_python" / "site_head_model.py"))
+SITE_INPUT = "site"            # ensemble input: BYTES [B, 1], the site of each face ("" = the base model)
+SITE_HEAD_TENSORS = {"logits": "base_logits", "probabilities": "base_probabilities"}  # base head's, renamed
 
 
 def stage_config(stage: str, model_name: str, wire_size: int, num_classes: int, *,
@@ -151,6 +179,111 @@ def ensemble_config(layout: RepositoryLayout, wire_size: int, classes: tuple[str
     return cfg
 
 
+def site_head_config(model_name: str, num_classes: int, *, max_batch_size: int, queue_delay_us: int = 2000,
+                     versions: int = 2) -> mc.ModelConfig:
+    """``<prefix>_site_head``: python backend (numpy) on CPU instances, on CPU and GPU hosts alike.
+
+    Inputs: ``masked_features`` FP32 [B,512], ``base_logits`` / ``base_probabilities`` FP32 [B,C] (the
+    base head's outputs) and ``site`` BYTES [B,1]; outputs ``logits``, ``probabilities`` FP32 [B,C].
+    The head is a 512 x C matmul per face: a GPU gains nothing, so GPU hosts run the same config.
+    """
+    inputs = [("masked_features", mc.TYPE_FP32, [512]), ("base_logits", mc.TYPE_FP32, [num_classes]),
+              ("base_probabilities", mc.TYPE_FP32, [num_classes]), (SITE_INPUT, mc.TYPE_STRING, [1])]
+    cfg = mc.ModelConfig(
+        name=model_name,
+        backend="python",
+        max_batch_size=max_batch_size,
+        input=[_tensor(mc.ModelInput, *t) for t in inputs],
+        output=[_tensor(mc.ModelOutput, "logits", mc.TYPE_FP32, [num_classes]),
+                _tensor(mc.ModelOutput, "probabilities", mc.TYPE_FP32, [num_classes])],
+        dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=queue_delay_us),
+        instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)],
+    )
+    cfg.version_policy.latest.num_versions = versions
+    return cfg
+
+
+def sites_ensemble_config(base: mc.ModelConfig, layout: RepositoryLayout) -> mc.ModelConfig:
+    """``<prefix>_sites`` from the ``<prefix>`` ensemble's config: the same steps (staged or fused, any
+    precision), plus a ``site`` input (BYTES [B,1]) and the site-head step after the base head.
+
+    Outputs and parameters (classes, export metadata) are the base ensemble's, so clients read both
+    the same way. Raises ValueError when ``base`` has no step calling ``layout``'s head.
+    """
+    cfg = mc.ModelConfig()
+    cfg.CopyFrom(base)
+    cfg.name = layout.sites_ensemble
+    cfg.input.append(_tensor(mc.ModelInput, SITE_INPUT, mc.TYPE_STRING, [1]))
+    head = [s for s in cfg.ensemble_scheduling.step if s.model_name == layout.stages["head"]]
+    if len(head) != 1:
+        raise ValueError(f"the ensemble {base.name} has no step calling {layout.stages['head']}")
+    for step in cfg.ensemble_scheduling.step:
+        step.model_version = -1  # never copy a pin of an interrupted publish
+    for output, renamed in SITE_HEAD_TENSORS.items():
+        head[0].output_map[output] = renamed
+    step = cfg.ensemble_scheduling.step.add(model_name=layout.site_head, model_version=-1)
+    step.input_map.update({"masked_features": "masked_features", SITE_INPUT: SITE_INPUT,
+                           **{renamed: renamed for renamed in SITE_HEAD_TENSORS.values()}})
+    step.output_map.update({output: output for output in SITE_HEAD_TENSORS})
+    return cfg
+
+
+def write_site_models(repository: Path, layout: RepositoryLayout = RepositoryLayout()) -> list[Path]:
+    """Add ``<prefix>_site_head`` (version 1: no site yet) and ``<prefix>_sites`` to an exported repository.
+
+    Read from the ``<prefix>`` ensemble's config (wire size, classes, max batch size, staged or fused
+    steps), so it works for any layout and for repositories exported before sites existed; the site
+    head gets a config beside each of the base head's (``sync_site_head_configs``). Returns the model
+    folders written; raises FileExistsError if either exists, FileNotFoundError without the ensemble.
+    """
+    from fer_triton.retrain.sites import SiteTable
+
+    repository = Path(repository)
+    base = read_ensemble_config(repository, layout)
+    head_dir, ensemble_dir = repository / layout.site_head, repository / layout.sites_ensemble
+    existing = [p.name for p in (head_dir, ensemble_dir) if p.exists()]
+    if existing:
+        raise FileExistsError(f"{repository} already holds {', '.join(existing)}")
+    sites_cfg = sites_ensemble_config(base, layout)
+    version_dir = head_dir / "1"
+    version_dir.mkdir(parents=True)
+    shutil.copyfile(SITE_RUNNER_SOURCE, version_dir / "model.py")
+    SiteTable.empty(model_version=1).save(version_dir)
+    sync_site_head_configs(repository, layout)
+    (ensemble_dir / "1").mkdir(parents=True)
+    labels = repository / layout.ensemble / "labels.txt"
+    if labels.is_file():
+        shutil.copyfile(labels, ensemble_dir / "labels.txt")
+    (ensemble_dir / "config.pbtxt").write_text(config_text(sites_cfg))
+    return [head_dir, ensemble_dir]
+
+
+def sync_site_head_configs(repository: Path, layout: RepositoryLayout = RepositoryLayout()) -> list[Path]:
+    """Give ``<prefix>_site_head`` a config beside each of ``<prefix>_head``'s (config.pbtxt and every
+    ``configs/<variant>.pbtxt``), with that config's max batch size, queue delay and version count.
+
+    The site head stays the python backend in every one: ``--model-config-name=gpu_trt`` on a GPU
+    host serves the CLIP encoder and mask net with TensorRT and the site head with numpy on the CPU.
+    Returns the files written.
+    """
+    repository = Path(repository)
+    head_dir, site_dir = repository / layout.stages["head"], repository / layout.site_head
+    written = []
+    for source in [head_dir / "config.pbtxt", *sorted((head_dir / "configs").glob("*.pbtxt"))]:
+        head = parse_config(source)
+        (probabilities,) = [o for o in head.output if o.name == "probabilities"]
+        versions = head.version_policy.latest.num_versions \
+            if head.version_policy.WhichOneof("policy_choice") == "latest" else 2
+        cfg = site_head_config(layout.site_head, probabilities.dims[0], max_batch_size=head.max_batch_size,
+                               queue_delay_us=head.dynamic_batching.max_queue_delay_microseconds or 2000,
+                               versions=max(2, versions))
+        target = site_dir / source.relative_to(head_dir)
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(config_text(cfg))
+        written.append(target)
+    return written
+
+
 def config_text(cfg: mc.ModelConfig) -> str:
     return text_format.MessageToString(cfg)
 
@@ -185,10 +318,12 @@ def write_repository(out_dir: Path, onnx_paths: dict[str, Path], *, layout: Repo
     ``onnx_paths`` maps Triton model names to validated ONNX files (moved into the repository).
     ``fused``: preprocess, CLIP encoder and mask net run as ONE model (``layout.backbone``, one merged
     graph in one process) before the head; clients see the same ensemble and tensors.
+    Every layout also gets the site models (``write_site_models``: ``<prefix>_sites`` and
+    ``<prefix>_site_head`` with no site yet).
     """
     out_dir = Path(out_dir)
     names = layout.stages
-    models = [*names.values(), layout.backbone]
+    models = [*names.values(), layout.backbone, layout.site_head, layout.sites_ensemble]
     existing = [p for p in [out_dir / layout.ensemble, *(out_dir / n for n in models)] if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(
@@ -217,4 +352,5 @@ def write_repository(out_dir: Path, onnx_paths: dict[str, Path], *, layout: Repo
     cfg = ensemble_config(layout, wire_size, classes, max_batch_size=max_batch_size, metadata=metadata or {},
                           fused=fused)
     (ensemble_dir / "config.pbtxt").write_text(config_text(cfg))
+    write_site_models(out_dir, layout)
     return out_dir

@@ -106,11 +106,11 @@ def _register_commands() -> None:
     from fer_triton.demo import demo
     from fer_triton.export.cli import export
     from fer_triton.export.gpu_cli import build_trt, check_precision, gpu_configs
-    from fer_triton.retrain.cli import drift, retrain, rollback
+    from fer_triton.retrain.cli import drift, retrain, rollback, sites
     from fer_triton.retrain.fleet_cli import status
     from fer_triton.train.cli import evaluate, explain, train
 
-    for command in (demo, export, serve, infer, stream, retrain, rollback, drift, train, evaluate, explain,
+    for command in (demo, export, serve, infer, stream, retrain, rollback, drift, sites, train, evaluate, explain,
                     build_trt, check_precision, gpu_configs, bench, status):
         cli.add_command(command)
 

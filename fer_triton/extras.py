@@ -19,7 +19,7 @@ import click
 _EXPORT = ("torch", "torchvision", "open_clip", "onnx", "onnxruntime", "onnxscript", "onnxconverter_common")
 EXTRAS: dict[str, tuple[str, ...]] = {
     "client": ("tritonclient", "grpc", "google.protobuf", "numpy", "PIL", "click"),
-    "stream": ("cv2",),
+    "stream": ("cv2", "supervision", "paho.mqtt", "prometheus_client"),
     "export": _EXPORT,
     "train": _EXPORT + ("tqdm",),
     "retrain": _EXPORT + ("tqdm",),
@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "retrain": ("retrain", None),
     "rollback": ("retrain", None),
     "drift": ("retrain", None),
+    "sites": ("retrain", None),
     "status": ("", None),
     "train": ("train", None),
     "evaluate": ("train", None),

@@ -1,4 +1,7 @@
-"""`fer-triton retrain`, `fer-triton rollback`, `fer-triton drift`: parse arguments, call fer_triton.retrain."""
+"""`fer-triton retrain`, `rollback`, `drift` and `sites`: parse arguments, call fer_triton.retrain.
+
+With ``--site NAME`` the first three act on that site's own head (retrain/sites.py); ``fer-triton sites``
+lists and creates sites."""
 
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ _model = click.option("-m", "--model", default="cafe", show_default=True,
                       help="Ensemble name (also the repository's model prefix).")
 _repository = click.option("-r", "--repository", type=click.Path(path_type=Path), default=Path("model_repository"),
                            show_default=True, help="The model repository the server runs (versions are written here).")
+_site = click.option("--site", metavar="NAME",
+                     help="A site's own head instead of the base model's (create sites with `fer-triton sites add`).")
 
 
 def _errors():
@@ -26,9 +31,21 @@ def _errors():
     from fer_triton.retrain.publish import PublishError
     from fer_triton.retrain.mask_finetune import MaskFineTuneError
     from fer_triton.retrain.site_data import SiteDataError
+    from fer_triton.retrain.sites import SiteError
 
-    return (SiteDataError, MaskFineTuneError, PublishError, PinError, DriftError, FerServerError,
+    return (SiteDataError, SiteError, MaskFineTuneError, PublishError, PinError, DriftError, FerServerError,
             CLIPWeightsUnavailable, ValueError, OSError)
+
+
+def _check_site(site: str | None) -> None:
+    """A bad site name is a usage error, before anything runs."""
+    if site is not None:
+        from fer_triton.retrain.sites import SiteError, check_site_name
+
+        try:
+            check_site_name(site)
+        except SiteError as exc:
+            raise click.BadParameter(str(exc), param_hint="--site") from None
 
 
 @click.command()
@@ -58,15 +75,22 @@ def _errors():
               help="With --fine-tune-mask: torch device (auto = CUDA when available, cpu, cuda:1...).")
 @click.option("--save-checkpoint", type=click.Path(path_type=Path),
               help="With --fine-tune-mask: where to save the fine-tuned checkpoint (default: <report>/fine_tuned.pt).")
+@_site
 @verbose_option
 @max_pixels_option
 def retrain(data, url, model, repository, holdout, l2, init, clip_weights, force, no_publish, report_dir,
-            batch_size, seed, fine_tune_mask, checkpoint, mask_epochs, mask_lr, device, save_checkpoint, verbose):
-    """Fit a new head on a site's labelled images and publish it to the running server (no restart)."""
-    from fer_triton.retrain.mask_finetune import MaskFineTuneOptions
-    from fer_triton.retrain.pipeline import RetrainOptions, retrain as run
+            batch_size, seed, fine_tune_mask, checkpoint, mask_epochs, mask_lr, device, save_checkpoint, site, verbose):
+    """Fit a new head on a site's labelled images and publish it to the running server (no restart).
 
-    report_dir = report_dir or Path("retrain-reports") / time.strftime("%Y%m%d-%H%M%S")
+    With --site NAME the head is that site's own: the base model and the other sites are unchanged."""
+    from fer_triton.retrain.mask_finetune import MaskFineTuneOptions
+    from fer_triton.retrain.pipeline import MASK_WITH_SITE, RetrainOptions, retrain as run
+
+    _check_site(site)
+    if site is not None and fine_tune_mask:
+        raise click.UsageError(MASK_WITH_SITE)
+    reports = Path("retrain-reports") / site if site else Path("retrain-reports")
+    report_dir = report_dir or reports / time.strftime("%Y%m%d-%H%M%S")
     mask_only = {"--checkpoint": checkpoint, "--save-checkpoint": save_checkpoint}
     if not fine_tune_mask and any(mask_only.values()):
         raise click.UsageError(f"{', '.join(k for k, v in mask_only.items() if v)} only apply with --fine-tune-mask")
@@ -76,9 +100,10 @@ def retrain(data, url, model, repository, holdout, l2, init, clip_weights, force
     options = RetrainOptions(holdout=holdout, l2=l2, init=init, zero_shot_weights=clip_weights, force=force,
                              publish=not no_publish, batch_size=batch_size, seed=seed,
                              progress=sys.stderr.isatty(), report_dir=report_dir, mask=mask)
-    click.echo(f"retraining the head of '{model}' at {url} on {data}")
+    whose = f"site '{site}' of '{model}'" if site else f"'{model}'"
+    click.echo(f"retraining the head of {whose} at {url} on {data}")
     try:
-        result = run(data, url, repository, model=model, options=options)
+        result = run(data, url, repository, model=model, options=options, site=site)
     except _errors() as exc:
         raise click.ClickException(f"{exc} (the serving head is unchanged)") from exc
     for step, seconds in result.timings.items():
@@ -93,19 +118,26 @@ def retrain(data, url, model, repository, holdout, l2, init, clip_weights, force
 @_url
 @_model
 @_repository
+@_site
 @verbose_option
-def rollback(url, model, repository, verbose):
+def rollback(url, model, repository, site, verbose):
     """Serve the previous head version again (the newest goes to <repository>.archive/), no restart.
 
-    A head published with a fine-tuned mask net rolls back together with that mask net."""
+    A head published with a fine-tuned mask net rolls back together with that mask net. With --site
+    NAME, the site's previous head is served again (the base head after its first)."""
     from fer_triton.client import FerClient
     from fer_triton.export.repository import RepositoryLayout
     from fer_triton.retrain.pair_publish import rollback as run
     from fer_triton.retrain.publish import StageVersions
+    from fer_triton.retrain.sites import Sites
 
+    _check_site(site)
     layout = RepositoryLayout(model)
     try:
         with FerClient(url, model) as client:
+            if site is not None:
+                click.echo(Sites(repository, layout).rollback(client, site).describe(layout))
+                return
             result = run(client, repository, layout)
     except _errors() as exc:
         raise click.ClickException(str(exc)) from exc
@@ -135,37 +167,54 @@ def _parse_limits(pairs) -> dict[str, float]:
 @_model
 @_repository
 @click.option("--reference", type=click.Path(path_type=Path),
-              help="Reference file (default: drift_reference.npz of the served head version).")
+              help="Reference file (default: drift_reference.npz of the served head version; with --site, the "
+                   "site's in the served site-head version).")
 @click.option("--write-reference", is_flag=True, help="Save the given sample as the reference instead of checking.")
 @click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE",
               help="Override a limit: feature_shift (std units, 0.5), label_js (bits, 0.1), confidence_drop (0.1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--exit-code", is_flag=True, help="Exit with status 3 when a retrain is advised.")
+@_site
 @verbose_option
 @max_pixels_option
-def drift(images, jsonl, url, model, repository, reference, write_reference, limits, as_json, exit_code, verbose):
-    """Compare a site's recent outputs with the reference and say whether a retrain is advised."""
+def drift(images, jsonl, url, model, repository, reference, write_reference, limits, as_json, exit_code, site,
+          verbose):
+    """Compare a site's recent outputs with the reference and say whether a retrain is advised.
+
+    With --site NAME: the site's outputs (images go through its head; JSON lines of that site only)
+    against the reference of the site's served head."""
     from fer_triton.client import FerClient
     from fer_triton.export.repository import RepositoryLayout
     from fer_triton.retrain.drift import REFERENCE_FILE, DriftReference, check_drift, read_jsonl, sample_from_images
     from fer_triton.retrain.publish import StageVersions, check_serving
+    from fer_triton.retrain.sites import Sites
 
     if bool(images) == bool(jsonl):
         raise click.UsageError("give either --images or --jsonl (the recent sample)")
+    _check_site(site)
     limits = _parse_limits(limits)
-    heads = StageVersions(repository, RepositoryLayout(model))
+    layout = RepositoryLayout(model)
+    heads = StageVersions(repository, layout)
+    sites = Sites(repository, layout)
     try:
+        if site is not None:
+            sites.table().site(site)  # an unknown site or a repository without sites fails before any work
         if images:
-            with FerClient(url, model) as client:
-                version = check_serving(client, heads) if reference is None else None
+            with FerClient(url, model, site=site) as client:
+                version = None if reference is not None else \
+                    sites.check_serving(client) if site else check_serving(client, heads)
                 sample = sample_from_images(client, list(images), progress=sys.stderr.isatty())
         else:
-            sample = read_jsonl(jsonl)
-            version = heads.newest() if reference is None else None
-        path = reference or heads.version_dir(version) / REFERENCE_FILE
+            sample = read_jsonl(jsonl, site=site)
+            version = None if reference is not None else (sites.versions if site else heads).newest()
+        if reference is not None:
+            path = reference
+        else:  # the served head's own reference: the site head's (in the served site-head version) or the base's
+            path = sites.drift_reference(site) if site else heads.version_dir(version) / REFERENCE_FILE
         if write_reference:
             source = ", ".join(map(str, images)) if images else str(jsonl)
-            DriftReference.from_sample(sample, source=source, head_version=version).save(path)
+            DriftReference.from_sample(sample, source=source, head_version=version,
+                                       **({"site": site} if site else {})).save(path)
             click.echo(f"wrote drift reference of {len(sample.probabilities)} faces to {path}")
             return
         report = check_drift(DriftReference.load(path), sample, limits)
@@ -175,7 +224,8 @@ def drift(images, jsonl, url, model, repository, reference, write_reference, lim
         click.echo(json.dumps(report.as_dict() | {"reference": str(path)}))
     else:
         click.echo(f"reference {path} ({report.reference_size} faces); recent sample {report.sample_size} faces"
-                   + (f", {sample.skipped} {'image(s) unreadable' if images else 'JSON line(s) without a result'} skipped"
+                   + (f", {sample.skipped} {'image(s) unreadable' if images else 'JSON line(s) without a result'}"
+                      f"{' of this site' if site and not images else ''} skipped"
                       if sample.skipped else ""))
         for s in report.statistics:
             value = "n/a (no masked features)" if s.value is None else f"{s.value:.3f}"
@@ -184,3 +234,76 @@ def drift(images, jsonl, url, model, repository, reference, write_reference, lim
                    else "no retrain advised")
     if exit_code and report.retrain_advised:
         sys.exit(3)
+
+
+@click.group()
+def sites():
+    """Named adaptations of the base model: each site has its own head versions, drift reference, reports
+    and rollback history, and shares the backbone with every other site (`sites list`, `sites add`)."""
+
+
+@sites.command("list")
+@_model
+@_repository
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per site.")
+def list_sites(model, repository, as_json):
+    """Each site with its served head version, when and by whom it was published, its held-out accuracy.
+
+    Read from the repository (the newest site-head version, which the server serves)."""
+    from fer_triton.export.repository import RepositoryLayout
+    from fer_triton.retrain.publish import PublishError, StageVersions
+    from fer_triton.retrain.sites import Sites
+    from fer_triton.tables import text_table
+
+    layout = RepositoryLayout(model)
+    store = Sites(repository, layout)
+    try:
+        try:
+            mask_net = StageVersions(repository, layout, "mask_net").newest()
+        except PublishError:  # fused / INT8 layouts: no mask-net model of its own
+            mask_net = None
+        rows = store.rows(mask_net)
+    except _errors() as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row.as_dict()))
+        return
+    if not rows:
+        click.echo(f"no site yet in {repository} ({layout.site_head} version {store.versions.newest()}): "
+                   f"create one with `fer-triton sites add NAME`")
+        return
+    percent = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
+    table = [[r.site, r.site_version or "base", r.model_version, r.published or "-", r.published_by or "-",
+              percent(r.accuracy), percent(r.balanced_accuracy), r.held_out or "-", r.note] for r in rows]
+    click.echo(text_table(["site", "site version", "model version", "published at", "published by",
+                           "held-out acc", "balanced acc", "held out", "note"], table))
+
+
+@sites.command("add")
+@click.argument("name")
+@_url
+@_model
+@_repository
+@verbose_option
+def add_site(name, url, model, repository, verbose):
+    """Create site NAME (served by the base head until `retrain --site NAME` publishes its own).
+
+    A repository exported before sites existed gets the two site models first (loaded, no restart)."""
+    from fer_triton.client import FerClient
+    from fer_triton.export.repository import RepositoryLayout
+    from fer_triton.retrain.sites import Sites
+
+    _check_site(name)
+    layout = RepositoryLayout(model)
+    store = Sites(repository, layout)
+    try:
+        with FerClient(url, model) as client:
+            added = store.install(client)
+            if added:
+                click.echo(f"added {', '.join(added)} to {repository} and loaded them")
+            version = store.add(client, name)
+    except _errors() as exc:
+        raise click.ClickException(f"{exc} (nothing was changed)") from exc
+    click.echo(f"site '{name}' created ({layout.site_head} version {version}); it is served by the base head "
+               f"until `fer-triton retrain --site {name}` publishes its own")

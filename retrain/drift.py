@@ -181,10 +181,14 @@ def check_drift(reference: DriftReference, sample: SiteSample, limits: dict[str,
     return DriftReport(stats, len(sample.probabilities), reference.count, n_features)
 
 
-def read_jsonl(path: Path, classes: tuple[str, ...] = CLASSES) -> SiteSample:
+def read_jsonl(path: Path, classes: tuple[str, ...] = CLASSES, site: str | None = None) -> SiteSample:
     """Results from JSON Lines (``fer-triton infer --json``, the stream client): lines with
     ``probabilities`` (a {class: p} object or a list of 7) count, optionally ``masked_features``
-    (a list of 512); lines without probabilities (errors, events) are skipped and counted."""
+    (a list of 512); lines without probabilities (errors, events) are skipped and counted.
+
+    ``site``: only lines of that site count (``"site": NAME``, as the stream client writes for cameras
+    mapped to a site); None: only lines without a site (the base model's). Others are skipped and counted.
+    """
     path = Path(path)
     if not path.is_file():
         raise DriftError(f"JSON Lines file not found: {path}")
@@ -196,7 +200,7 @@ def read_jsonl(path: Path, classes: tuple[str, ...] = CLASSES) -> SiteSample:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DriftError(f"{path} line {number}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or "probabilities" not in row:
+        if not isinstance(row, dict) or "probabilities" not in row or (row.get("site") or None) != site:
             skipped += 1
             continue
         p = row["probabilities"]
@@ -212,7 +216,8 @@ def read_jsonl(path: Path, classes: tuple[str, ...] = CLASSES) -> SiteSample:
         if "masked_features" in row:
             feats.append(row["masked_features"])
     if not probs:
-        raise DriftError(f"{path} holds no result lines (lines with 'probabilities'); {skipped} other line(s)")
+        whose = f" of site '{site}'" if site else " without a site"
+        raise DriftError(f"{path} holds no result lines{whose} (lines with 'probabilities'); {skipped} other line(s)")
     features = None
     if feats:
         lengths = {len(f) for f in feats}

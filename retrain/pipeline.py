@@ -1,6 +1,10 @@
 """`fer-triton retrain` as one library call: site data -> features via the server -> fit -> compare ->
 publish (or refuse) -> report. Nothing on the server or in the repository changes before the
-comparison says the new head is not worse (or ``force`` is given)."""
+comparison says the new head is not worse (or ``force`` is given).
+
+With ``site``, the head fitted is that site's own (retrain/sites.py): features and the serving
+outputs come through the ``<prefix>_sites`` ensemble for that site, and the new head is published as
+the site's next version in ``<prefix>_site_head``; the base head and every other site are untouched."""
 
 from __future__ import annotations
 
@@ -24,10 +28,14 @@ from fer_triton.retrain.mask_finetune import (FineTunedMask, MaskFineTuneOptions
 from fer_triton.retrain.publish import PublishError, StageVersions, check_serving, publish_head, read_head
 from fer_triton.retrain.report import write_report
 from fer_triton.retrain.site_data import holdout_split, read_site
+from fer_triton.retrain.sites import SiteError, Sites, check_site_name
 
 log = logging.getLogger(__name__)
 
 INITS = ("zeros", "serving", "zero-shot")
+MASK_WITH_SITE = ("--fine-tune-mask cannot be used with --site: the mask net is shared by every site and the base "
+                  "model, so a site cannot have one of its own. Fine-tune it for everyone (retrain without --site), "
+                  "then retrain each site's head on the new features (retrain --site NAME)")
 
 
 @dataclass
@@ -58,6 +66,8 @@ class RetrainResult:
     head_only: Comparison | None = None               # with --fine-tune-mask: the head fitted alone
     serving_mask_version: int | None = None
     published_mask_version: int | None = None
+    site: str | None = None                           # with a site: versions are the site's head versions
+    site_model_version: int | None = None             # with a site: the <prefix>_site_head version published
 
     @property
     def refused(self) -> bool:
@@ -65,11 +75,11 @@ class RetrainResult:
 
 
 def _starting_head(options: RetrainOptions, client: FerClient, heads: StageVersions, serving: int,
-                   train_features: np.ndarray) -> LinearHead | None:
+                   train_features: np.ndarray, site_head: LinearHead | None = None) -> LinearHead | None:
     if options.init == "zeros":
         return None
-    if options.init == "serving":
-        return read_head(heads.version_dir(serving) / "model.onnx")
+    if options.init == "serving":  # a site's own head, else the base head
+        return site_head or read_head(heads.version_dir(serving) / "model.onnx")
     from fer_triton.retrain.zero_shot import zero_shot_head
 
     meta = client.info().metadata
@@ -80,7 +90,7 @@ def _starting_head(options: RetrainOptions, client: FerClient, heads: StageVersi
 
 
 def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = "cafe",
-            options: RetrainOptions = RetrainOptions()) -> RetrainResult:
+            options: RetrainOptions = RetrainOptions(), site: str | None = None) -> RetrainResult:
     """Adapt the head (and with ``options.mask`` the mask net) to a site and publish it to a running server.
 
     ``data``: the site's labelled images (class folders or a ``path,label`` CSV; see site_data).
@@ -91,30 +101,46 @@ def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = 
     it with the serving head on the held-out images (accuracy, balanced accuracy, per-class recall),
     then publish version N+1 through Triton's model control and verify the served outputs, unless the
     new head is worse (``options.force`` publishes anyway) or ``options.publish`` is False.
+    ``site``: fit and publish that site's own head instead (see the module docstring); its serving
+    head is the site's current one (the base head for a site without one) and the versions in the
+    result are the site's head versions (0 = the base head).
     Returns a RetrainResult (comparison, versions, decision, report path, timings in seconds).
-    Raises SiteDataError (bad site data), PublishError (server or repository refused; the serving
-    version is kept), MaskFineTuneError, FerServerError, or ValueError for bad options.
+    Raises SiteDataError (bad site data), SiteError (a bad or unknown site, no site models, a site with
+    ``options.mask``), PublishError (server or repository refused; the serving version is kept),
+    MaskFineTuneError, FerServerError, or ValueError for bad options.
     """
     if options.init not in INITS:
         raise ValueError(f"init must be one of {', '.join(INITS)}, not {options.init!r}")
+    sites = None
+    if site is not None:  # before any work: the name, the mask net, the site models, the site itself
+        check_site_name(site)
+        if options.mask is not None:
+            raise SiteError(MASK_WITH_SITE)
+        sites = Sites(repository, RepositoryLayout(model))
+        sites.table().site(site)
     if options.mask is not None:
         options.mask.validate()
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    site = read_site(data)
-    train, held = holdout_split(site.labels, options.holdout, options.seed)  # fails early on tiny classes
+    data_site = read_site(data)
+    train, held = holdout_split(data_site.labels, options.holdout, options.seed)  # fails early on tiny classes
     layout = RepositoryLayout(model)
     heads = StageVersions(Path(repository), layout)
     masks = StageVersions(Path(repository), layout, "mask_net")
-    with FerClient(url, model) as client:
+    with FerClient(url, model, site=site) as client:
         serving = check_serving(client, heads)
+        site_head, base_version = None, serving
+        if sites is not None:
+            sites.check_serving(client)
+            table = sites.table()
+            serving, site_head = table.site_version(site), table.head(site)
         tuner = _MaskTuner.prepare(client, masks, options.mask) if options.mask is not None else None
-        read = site.read_faces(client.info().wire_size)
+        read = data_site.read_faces(client.info().wire_size)
         for line in read.skipped_lines():  # unreadable files are named and left out; the others are used
             log.warning("%s", line)
         if read.skipped:
-            site = read.site
-            train, held = holdout_split(site.labels, options.holdout, options.seed)
+            data_site = read.site
+            train, held = holdout_split(data_site.labels, options.holdout, options.seed)
         faces = read.faces
         if tuner:  # before the long feature pass: a wrong checkpoint fails in seconds
             tuner.check(faces[:4])
@@ -125,8 +151,8 @@ def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = 
         timings["features (server)"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        x, y = features.masked_features, site.labels
-        init = _starting_head(options, client, heads, serving, x[train])
+        x, y = features.masked_features, data_site.labels
+        init = _starting_head(options, client, heads, base_version, x[train], site_head)
         head = fit_head(x[train], y[train], l2=options.l2, init=init, seed=options.seed)
         timings["fit"] = time.perf_counter() - t
 
@@ -142,20 +168,29 @@ def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = 
             comparison = compare_heads(y[held], serving_predicted, tuned.head.predict(tuned.masked_features[held]),
                                        new_name="new mask net + head")
 
-        published = published_mask = None
+        published = published_mask = site_model_version = None
+        serving_name = f"version {serving}" if serving or not site else "the base head"
+        against = f"site '{site}'s serving head ({serving_name})" if site else f"serving version {serving}"
         if not options.publish:
             decision = f"not published (--no-publish): {comparison.summary()}"
         elif comparison.new_is_worse and not options.force:
-            decision = (f"REFUSED: the {comparison.new_name} is worse than serving version {serving}: "
+            decision = (f"REFUSED: the {comparison.new_name} is worse than {against}: "
                         f"{comparison.summary()}; pass --force to publish it anyway")
         else:
             t = time.perf_counter()
-            new_head, new_features = (tuned.head, tuned.masked_features) if tuned else (head, x)
-            published_mask, published = _publish(client, heads, masks, new_head, new_features, tuned, site, faces,
-                                                  held, comparison, options)
-            timings["publish"] = time.perf_counter() - t
             forced = " (forced: it is worse)" if comparison.new_is_worse else ""
-            if tuned:
+            if sites is not None:
+                site_model_version, published = _publish_site(client, sites, site, head, x, data_site, faces, held,
+                                                              comparison, options, masks, base_version)
+            else:
+                new_head, new_features = (tuned.head, tuned.masked_features) if tuned else (head, x)
+                published_mask, published = _publish(client, heads, masks, new_head, new_features, tuned, data_site,
+                                                      faces, held, comparison, options)
+            timings["publish"] = time.perf_counter() - t
+            if sites is not None:
+                decision = (f"published as site '{site}' head version {published} ({layout.site_head} version "
+                            f"{site_model_version}){forced}, replacing {serving_name}: {comparison.summary()}")
+            elif tuned:
                 decision = (f"published as {masks.name} version {published_mask} + {heads.name} version {published}"
                             f"{forced}, replacing versions {tuner.serving} + {serving}: {comparison.summary()}")
             else:
@@ -163,21 +198,28 @@ def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = 
                             f"{comparison.summary()}")
         if tuned:
             decision += f" (the head fitted alone scored {head_only.new.accuracy:.1%})"
+            stale = _sites_fitted_before(Path(repository), layout) if published_mask else []
+            if stale:
+                decision += (f". The mask net is shared: the heads of site(s) {', '.join(stale)} were fitted on "
+                             f"mask net version {tuner.serving}: retrain them (`fer-triton retrain --site NAME`)")
 
     report = None
     if options.report_dir is not None:
-        details = {"site data": str(site.source), "server": url, "repository": str(repository),
+        details = {"site data": str(data_site.source), "server": url, "repository": str(repository),
                    "serving version before": str(serving), "starting head": options.init, "l2": str(options.l2),
                    "held-out share": str(options.holdout),
-                   "classes without site images": ", ".join(site.missing_classes) or "none"}
+                   "classes without site images": ", ".join(data_site.missing_classes) or "none"}
+        if site:
+            details.update({"site": site, "serving version before": f"site head {serving_name} (base head version "
+                                                                   f"{base_version})"})
         if tuned:
             details.update(tuner.details(tuned, head_only))
-        report = write_report(options.report_dir, comparison=comparison, decision=decision, counts=site.counts(),
+        report = write_report(options.report_dir, comparison=comparison, decision=decision, counts=data_site.counts(),
                               details=details, timings=timings)
     return RetrainResult(comparison, tuned.head if tuned else head, serving, published, decision, report, timings,
                          fine_tuned=tuned, head_only=head_only if tuned else None,
                          serving_mask_version=tuner.serving if tuner else None,
-                         published_mask_version=published_mask)
+                         published_mask_version=published_mask, site=site, site_model_version=site_model_version)
 
 
 class _MaskTuner:
@@ -249,3 +291,42 @@ def _publish(client, heads, masks, head: LinearHead, masked_features: np.ndarray
     return publish_mask_and_head(client, masks, heads, tuned.mask_net, head, wire_size=client.info().wire_size,
                                  mask_record=mask_record, head_info=info, extra_files=extra,
                                  verify=served_equals_new_model)
+
+
+def _publish_site(client, sites: Sites, site: str, head: LinearHead, masked_features: np.ndarray, data_site, faces,
+                  held, comparison, options, masks: StageVersions, base_version: int) -> tuple[int, int]:
+    """Publish ``head`` as ``site``'s next head version; returns (site-head model version, site version)."""
+    new_probabilities = head.probabilities(masked_features)
+    reference = None
+    if len(data_site) >= MIN_SAMPLE:  # the drift reference: this site as its new head sees it
+        reference = DriftReference.from_sample(SiteSample(new_probabilities, masked_features),
+                                               source=f"retrain --site {site} on {data_site.source}").save
+    else:
+        log.warning("only %d site images: no drift reference written (needs %d)", len(data_site), MIN_SAMPLE)
+    check = held[:8]
+
+    def served_equals_new_head():
+        served = client.infer(faces[check], sites=site).probabilities
+        diff = float(np.abs(served - new_probabilities[check]).max())
+        if diff > 1e-4:
+            raise PublishError(f"the served probabilities of site '{site}' differ from its new head's by {diff:.3g}")
+
+    try:
+        mask_net_version = masks.newest()
+    except PublishError:  # fused or INT8 layouts have no mask-net model of their own
+        mask_net_version = None
+    record = {"fer_triton": __version__, "site_data": str(data_site.source), "images": len(data_site),
+              "held_out": comparison.held_out, "init": options.init, "l2": options.l2,
+              "accuracy": comparison.new.accuracy, "balanced_accuracy": comparison.new.balanced_accuracy,
+              "accuracy_serving": comparison.serving.accuracy, "forced": bool(comparison.new_is_worse),
+              "base_head_version": base_version, "mask_net_version": mask_net_version}
+    return sites.publish_head(client, site, head, record, drift_reference=reference, verify=served_equals_new_head)
+
+
+def _sites_fitted_before(repository: Path, layout: RepositoryLayout) -> list[str]:
+    """Sites whose served head was fitted on another mask net than the newest (after a mask-net publish)."""
+    sites = Sites(repository, layout)
+    if not sites.installed:
+        return []
+    newest = StageVersions(repository, layout, "mask_net").newest()
+    return [row.site for row in sites.rows(newest) if row.note.startswith("fitted on mask net")]

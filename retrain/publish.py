@@ -1,5 +1,9 @@
 """Publish a new head as the next version of ``cafe_head`` and load it with no restart; roll back.
 
+``publish_version`` does the same for any versioned model (the mask net's versions go through
+pair_publish.py, the site head's through sites.py): write version N+1 beside the repository, move it
+in, load it, verify, and put N back on any failure.
+
 What the running server does (measured with tritonserver 2.51, explicit model control):
 ``load_model("cafe_head")`` loads every version the policy keeps (latest 2: N and N+1) while the old
 instances keep serving, then Triton reloads the ensemble that depends on the head; the new ensemble
@@ -41,7 +45,8 @@ log = logging.getLogger(__name__)
 
 HEAD_INFO = "head_info.json"
 MASK_INFO = "mask_info.json"
-VERSION_INFO = {"head": HEAD_INFO, "mask_net": MASK_INFO}
+SITES_INFO = "sites.json"
+VERSION_INFO = {"head": HEAD_INFO, "mask_net": MASK_INFO, "site_head": SITES_INFO}
 
 
 class PublishError(RuntimeError):
@@ -50,8 +55,8 @@ class PublishError(RuntimeError):
 
 @dataclass(frozen=True)
 class StageVersions:
-    """One versioned stage's folders on disk (the head by default, or the mask net), and its archive
-    beside the repository."""
+    """One versioned stage's folders on disk (the head by default, the mask net, or the site head), and
+    its archive beside the repository."""
 
     repository: Path
     layout: RepositoryLayout = RepositoryLayout()
@@ -59,7 +64,7 @@ class StageVersions:
 
     @property
     def name(self) -> str:
-        return self.layout.stages[self.stage]
+        return self.layout.model_name(self.stage)
 
     @property
     def model_dir(self) -> Path:
@@ -199,6 +204,39 @@ def write_head_version(heads: StageVersions, version: int, head: LinearHead, *, 
     return heads.write_version(version, fill)
 
 
+def publish_version(client: FerClient, versions: StageVersions, write: Callable[[int, int], Path], *,
+                    verify: Callable[[], None] | None = None) -> int:
+    """Publish the next version of a versioned model and load it with no restart; return its number.
+
+    ``write(version, serving)`` builds version folder ``version`` (through ``versions.write_version``)
+    from the served one. Then the model is loaded, the server must serve the new version, and
+    ``verify`` runs (raise to refuse). On any failure after the write, the new folder goes to the
+    archive as ``<version>-failed-<time>`` and the model is loaded again, so the served version is
+    served as before. Raises PublishError (or PinError: an interrupted pair publish left pins).
+    """
+    serving = check_serving(client, versions)
+    check_unpinned(versions.repository, versions.layout)
+    version = versions.next_version()
+    write(version, serving)
+    try:
+        load_model(client, versions.name)
+        served = served_versions(client, versions.name)
+        if not served or served[-1] != version:
+            raise PublishError(f"after loading, the server serves {versions.name} versions {served}, not {version}")
+        if verify:
+            verify()
+    except Exception as exc:
+        archived = versions.archive(version, "failed")
+        try:
+            load_model(client, versions.name)
+        except PublishError as again:
+            raise PublishError(f"{exc}; and reloading version {serving} failed too: {again}") from exc
+        raise PublishError(f"publishing {versions.name} version {version} failed, version {serving} is served "
+                           f"again (the new version is kept in {archived}): {exc}") from exc
+    log.info("published %s version %d (was %d)", versions.name, version, serving)
+    return version
+
+
 def publish_head(client: FerClient, heads: StageVersions, head: LinearHead, *, info: dict,
                  extra_files: dict[str, Callable[[Path], None]] | None = None,
                  verify: Callable[[], None] | None = None) -> int:
@@ -207,27 +245,10 @@ def publish_head(client: FerClient, heads: StageVersions, head: LinearHead, *, i
     ``extra_files`` maps file names to writers (e.g. the drift reference). ``verify`` runs after the
     load (raise to refuse): on any failure the new version is archived and version N is served again.
     """
-    serving = check_serving(client, heads)
-    check_unpinned(heads.repository, heads.layout)
-    version = heads.next_version()
-    write_head_version(heads, version, head, previous=serving, info=info, extra_files=extra_files)
-    try:
-        load_model(client, heads.name)
-        served = served_versions(client, heads.name)
-        if not served or served[-1] != version:
-            raise PublishError(f"after loading, the server serves {heads.name} versions {served}, not {version}")
-        if verify:
-            verify()
-    except Exception as exc:
-        archived = heads.archive(version, "failed")
-        try:
-            load_model(client, heads.name)
-        except PublishError as again:
-            raise PublishError(f"{exc}; and reloading version {serving} failed too: {again}") from exc
-        raise PublishError(f"publishing {heads.name} version {version} failed, version {serving} is served "
-                           f"again (the new version is kept in {archived}): {exc}") from exc
-    log.info("published %s version %d (was %d)", heads.name, version, serving)
-    return version
+    def write(version: int, serving: int) -> Path:
+        return write_head_version(heads, version, head, previous=serving, info=info, extra_files=extra_files)
+
+    return publish_version(client, heads, write, verify=verify)
 
 
 def rollback_head(client: FerClient, heads: StageVersions) -> tuple[int, int]:

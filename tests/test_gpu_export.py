@@ -52,7 +52,7 @@ def _config(repo: Path, stage: str, variant: str) -> mc.ModelConfig:
 
 def test_every_config_of_both_flavours_parses_against_tritons_schema(both_repository):
     configs = sorted(both_repository.glob("*/config.pbtxt")) + sorted(both_repository.glob("*/configs/*.pbtxt"))
-    assert len(configs) == 5 + 4 * len(gpu.VARIANTS)
+    assert len(configs) == 7 + 5 * len(gpu.VARIANTS)  # 5 models + the site head and the sites ensemble
     for path in configs:
         cfg = _parse(path)  # raises ParseError on any field Triton's schema does not have
         model_dir = path.parent if path.name == "config.pbtxt" else path.parent.parent
@@ -280,7 +280,7 @@ def test_full_size_vit_b32_exports_for_gpu_with_a_passing_fp16_check(tmp_path):
     report = result.gpu_precision
     print(report.summary())
     assert report.passed and report.faces == 32 and 0 < report.max_prob_diff < 1e-2
-    assert len(result.gpu_configs) == 4 * len(gpu.VARIANTS)
+    assert len(result.gpu_configs) == 5 * len(gpu.VARIANTS)
 
 
 def test_gpu_configs_command_adds_a_set_sized_for_one_gpu_type(repository_copy, server_factory):
