@@ -38,6 +38,14 @@ $(STAMP): pyproject.toml Makefile
 	# never download at run time.
 	$(PYI) -m fer_triton.benchmarks.perf_analyzer
 	$(PYI) -c "import fer_triton.cli, fer_triton.server; fer_triton.server.TritonInstall.find()"
+	# The Mosquitto MQTT broker for tests/test_mqtt.py (Debian's package, as root where apt-get works; the
+	# tests start their own broker on a loopback port and skip, saying why, without it). Never fails the install.
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null 2>&1; }; }; } || \
+	  echo "note: the mosquitto broker is not installed (tests/test_mqtt.py will skip): apt-get install mosquitto"
 	touch $(STAMP)
 
 # The wheel from the current sources, built in-tree without stale build output (setuptools would

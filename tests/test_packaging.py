@@ -41,7 +41,8 @@ DISTRIBUTIONS = {"torch": "torch", "torchvision": "torchvision", "open_clip": "o
                  "onnxconverter_common": "onnxconverter-common", "tqdm": "tqdm", "cv2": "opencv-python-headless",
                  "pytriton": "nvidia-pytriton", "psutil": "psutil", "tritonclient": "tritonclient",
                  "grpc": "tritonclient", "google.protobuf": "tritonclient", "numpy": "numpy", "PIL": "pillow",
-                 "click": "click"}
+                 "click": "click", "supervision": "supervision", "paho.mqtt": "paho-mqtt",
+                 "prometheus_client": "prometheus-client"}
 # Built by `make install` (pip download of the client extra): the light venv installs offline from it.
 CLIENT_WHEELS = Path(sys.prefix) / "share" / "fer-triton" / "client-wheels"
 
