@@ -14,7 +14,12 @@ import click
 
 from fer_triton.options import max_pixels_option, verbose_option
 
-_url = click.option("-u", "--url", default="127.0.0.1:8001", show_default=True, help="Triton gRPC address.")
+_url = click.option("-u", "--url", "urls", multiple=True, default=["127.0.0.1:8001"], show_default=True,
+                    help="Triton gRPC address of every replica serving the repository: repeat it, or give one DNS "
+                         "name that resolves to all of them (a headless Service). Changes are loaded and verified "
+                         "on each, all or nothing.")
+_lock_wait = click.option("--lock-wait", default=0.0, show_default=True, metavar="SECONDS",
+                          help="Wait this long for another retrain/rollback of the repository to finish (0: refuse).")
 _model = click.option("-m", "--model", default="cafe", show_default=True,
                       help="Ensemble name (also the repository's model prefix).")
 _repository = click.option("-r", "--repository", type=click.Path(path_type=Path), default=Path("model_repository"),
@@ -27,14 +32,36 @@ def _errors():
     from fer_triton.client import FerServerError
     from fer_triton.clip_loader import CLIPWeightsUnavailable
     from fer_triton.retrain.drift import DriftError
+    from fer_triton.retrain.lock import RepositoryLockedError
     from fer_triton.retrain.pins import PinError
+    from fer_triton.retrain.replicas import FleetError
     from fer_triton.retrain.publish import PublishError
     from fer_triton.retrain.mask_finetune import MaskFineTuneError
     from fer_triton.retrain.site_data import SiteDataError
     from fer_triton.retrain.sites import SiteError
 
     return (SiteDataError, SiteError, MaskFineTuneError, PublishError, PinError, DriftError, FerServerError,
-            CLIPWeightsUnavailable, ValueError, OSError)
+            FleetError, RepositoryLockedError, CLIPWeightsUnavailable, ValueError, OSError)
+
+
+def _admin_key() -> str | None:
+    """The model-control key from FER_TRITON_ADMIN_KEY / FER_TRITON_ADMIN_KEY_FILE (never a flag)."""
+    from fer_triton.admin_key import AdminKeyError, load_admin_key
+
+    try:
+        return load_admin_key()
+    except AdminKeyError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _locked(repository: Path, command: str, wait_s: float):
+    """The repository lock (RepositoryLockedError names its holder); none for a folder that does not exist,
+    which the command itself then reports."""
+    from contextlib import nullcontext
+
+    from fer_triton.retrain.lock import RepositoryLock
+
+    return RepositoryLock(repository, command, wait_s=wait_s) if Path(repository).is_dir() else nullcontext()
 
 
 def _check_site(site: str | None) -> None:
@@ -76,10 +103,12 @@ def _check_site(site: str | None) -> None:
 @click.option("--save-checkpoint", type=click.Path(path_type=Path),
               help="With --fine-tune-mask: where to save the fine-tuned checkpoint (default: <report>/fine_tuned.pt).")
 @_site
+@_lock_wait
 @verbose_option
 @max_pixels_option
-def retrain(data, url, model, repository, holdout, l2, init, clip_weights, force, no_publish, report_dir,
-            batch_size, seed, fine_tune_mask, checkpoint, mask_epochs, mask_lr, device, save_checkpoint, site, verbose):
+def retrain(data, urls, model, repository, holdout, l2, init, clip_weights, force, no_publish, report_dir,
+            batch_size, seed, fine_tune_mask, checkpoint, mask_epochs, mask_lr, device, save_checkpoint, site,
+            lock_wait, verbose):
     """Fit a new head on a site's labelled images and publish it to the running server (no restart).
 
     With --site NAME the head is that site's own: the base model and the other sites are unchanged."""
@@ -101,9 +130,15 @@ def retrain(data, url, model, repository, holdout, l2, init, clip_weights, force
                              publish=not no_publish, batch_size=batch_size, seed=seed,
                              progress=sys.stderr.isatty(), report_dir=report_dir, mask=mask)
     whose = f"site '{site}' of '{model}'" if site else f"'{model}'"
-    click.echo(f"retraining the head of {whose} at {url} on {data}")
+    click.echo(f"retraining the head of {whose} at {', '.join(urls)} on {data}")
+    admin_key = _admin_key()
     try:
-        result = run(data, url, repository, model=model, options=options, site=site)
+        if no_publish:
+            result = run(data, list(urls), repository, model=model, options=options, site=site, admin_key=admin_key)
+        else:
+            with _locked(repository, f"retrain{f' --site {site}' if site else ''} --data {data}", lock_wait):
+                result = run(data, list(urls), repository, model=model, options=options, site=site,
+                             admin_key=admin_key)
     except _errors() as exc:
         raise click.ClickException(f"{exc} (the serving head is unchanged)") from exc
     for step, seconds in result.timings.items():
@@ -112,6 +147,8 @@ def retrain(data, url, model, repository, holdout, l2, init, clip_weights, force
     if result.refused:
         raise click.ClickException(result.decision)
     click.echo(result.decision)
+    if result.published_version is not None:
+        click.echo(f"loaded and verified on every replica: {', '.join(urls)}")
 
 
 @click.command()
@@ -119,28 +156,33 @@ def retrain(data, url, model, repository, holdout, l2, init, clip_weights, force
 @_model
 @_repository
 @_site
+@_lock_wait
 @verbose_option
-def rollback(url, model, repository, site, verbose):
+def rollback(urls, model, repository, site, lock_wait, verbose):
     """Serve the previous head version again (the newest goes to <repository>.archive/), no restart.
 
     A head published with a fine-tuned mask net rolls back together with that mask net. With --site
     NAME, the site's previous head is served again (the base head after its first)."""
-    from fer_triton.client import FerClient
     from fer_triton.export.repository import RepositoryLayout
     from fer_triton.retrain.pair_publish import rollback as run
     from fer_triton.retrain.publish import StageVersions
+    from fer_triton.retrain.replicas import Fleet
     from fer_triton.retrain.sites import Sites
 
     _check_site(site)
     layout = RepositoryLayout(model)
+    admin_key = _admin_key()
     try:
-        with FerClient(url, model) as client:
+        with _locked(repository, f"rollback{f' --site {site}' if site else ''}", lock_wait), \
+                Fleet(urls, model, admin_key=admin_key) as fleet:
             if site is not None:
-                click.echo(Sites(repository, layout).rollback(client, site).describe(layout))
+                click.echo(Sites(repository, layout).rollback(fleet, site).describe(layout))
+                click.echo(f"on {fleet.describe()}")
                 return
-            result = run(client, repository, layout)
+            result = run(fleet, repository, layout)
     except _errors() as exc:
         raise click.ClickException(str(exc)) from exc
+    click.echo(f"on {fleet.describe()}")
     click.echo(result.describe(StageVersions(repository, layout), StageVersions(repository, layout, "mask_net")))
 
 
@@ -177,16 +219,16 @@ def _parse_limits(pairs) -> dict[str, float]:
 @_site
 @verbose_option
 @max_pixels_option
-def drift(images, jsonl, url, model, repository, reference, write_reference, limits, as_json, exit_code, site,
+def drift(images, jsonl, urls, model, repository, reference, write_reference, limits, as_json, exit_code, site,
           verbose):
     """Compare a site's recent outputs with the reference and say whether a retrain is advised.
 
     With --site NAME: the site's outputs (images go through its head; JSON lines of that site only)
     against the reference of the site's served head."""
-    from fer_triton.client import FerClient
     from fer_triton.export.repository import RepositoryLayout
     from fer_triton.retrain.drift import REFERENCE_FILE, DriftReference, check_drift, read_jsonl, sample_from_images
     from fer_triton.retrain.publish import StageVersions, check_serving
+    from fer_triton.retrain.replicas import Fleet
     from fer_triton.retrain.sites import Sites
 
     if bool(images) == bool(jsonl):
@@ -200,10 +242,10 @@ def drift(images, jsonl, url, model, repository, reference, write_reference, lim
         if site is not None:
             sites.table().site(site)  # an unknown site or a repository without sites fails before any work
         if images:
-            with FerClient(url, model, site=site) as client:
+            with Fleet(urls, model, admin_key=_admin_key(), site=site) as fleet:
                 version = None if reference is not None else \
-                    sites.check_serving(client) if site else check_serving(client, heads)
-                sample = sample_from_images(client, list(images), progress=sys.stderr.isatty())
+                    sites.check_serving(fleet) if site else check_serving(fleet, heads)
+                sample = sample_from_images(fleet.first, list(images), progress=sys.stderr.isatty())
         else:
             sample = read_jsonl(jsonl, site=site)
             version = None if reference is not None else (sites.versions if site else heads).newest()
@@ -285,24 +327,26 @@ def list_sites(model, repository, as_json):
 @_url
 @_model
 @_repository
+@_lock_wait
 @verbose_option
-def add_site(name, url, model, repository, verbose):
+def add_site(name, urls, model, repository, lock_wait, verbose):
     """Create site NAME (served by the base head until `retrain --site NAME` publishes its own).
 
     A repository exported before sites existed gets the two site models first (loaded, no restart)."""
-    from fer_triton.client import FerClient
     from fer_triton.export.repository import RepositoryLayout
+    from fer_triton.retrain.replicas import Fleet
     from fer_triton.retrain.sites import Sites
 
     _check_site(name)
     layout = RepositoryLayout(model)
     store = Sites(repository, layout)
+    admin_key = _admin_key()
     try:
-        with FerClient(url, model) as client:
-            added = store.install(client)
+        with _locked(repository, f"sites add {name}", lock_wait), Fleet(urls, model, admin_key=admin_key) as fleet:
+            added = store.install(fleet)
             if added:
-                click.echo(f"added {', '.join(added)} to {repository} and loaded them")
-            version = store.add(client, name)
+                click.echo(f"added {', '.join(added)} to {repository} and loaded them on {fleet.describe()}")
+            version = store.add(fleet, name)
     except _errors() as exc:
         raise click.ClickException(f"{exc} (nothing was changed)") from exc
     click.echo(f"site '{name}' created ({layout.site_head} version {version}); it is served by the base head "

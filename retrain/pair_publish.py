@@ -34,8 +34,11 @@ from fer_triton.export.repository import RUNNER_SOURCE, RepositoryLayout, parse_
 from fer_triton.model import MaskNet
 from fer_triton.retrain.fit import LinearHead
 from fer_triton.retrain.pins import check_unpinned, write_pins
+from fer_triton.retrain.pins import ensembles
 from fer_triton.retrain.publish import (MASK_INFO, PublishError, StageVersions, jsonable, check_serving,
-                                        load_model, rollback_head, served_versions, write_head_version)
+                                        load_model, rollback_head, served_versions, verify_everywhere,
+                                        write_head_version)
+from fer_triton.retrain.replicas import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +75,12 @@ def write_mask_version(masks: StageVersions, version: int, net: MaskNet, *, wire
     return masks.write_version(version, fill)
 
 
-def _switch(client: FerClient, layout: RepositoryLayout, repository: Path, pins: dict[str, int]) -> None:
+def _switch(client: Fleet | FerClient, layout: RepositoryLayout, repository: Path, pins: dict[str, int]) -> None:
+    """Pin (or unpin, ``{}``) the mask-net and head steps of every ensemble and load them on every replica:
+    ``cafe`` and, where sites exist, ``cafe_sites`` switch together."""
     write_pins(repository, layout, pins)
-    load_model(client, layout.ensemble)
+    for ensemble in ensembles(repository, layout):
+        load_model(client, ensemble)
 
 
 def _require_served(client: FerClient, versions: StageVersions, *wanted: int) -> None:
@@ -84,13 +90,15 @@ def _require_served(client: FerClient, versions: StageVersions, *wanted: int) ->
         raise PublishError(f"the server has {versions.name} versions {served} ready, not {missing}")
 
 
-def publish_mask_and_head(client: FerClient, masks: StageVersions, heads: StageVersions, net: MaskNet,
+def publish_mask_and_head(client: Fleet | FerClient, masks: StageVersions, heads: StageVersions, net: MaskNet,
                           head: LinearHead, *, wire_size: int, mask_record: dict, head_info: dict,
                           extra_files: dict[str, Callable[[Path], None]] | None = None,
-                          verify: Callable[[], None] | None = None) -> tuple[int, int]:
-    """Publish ``net`` as mask-net version M+1 and ``head`` as head version N+1, switched in one step.
+                          verify: Callable[[FerClient], None] | None = None) -> tuple[int, int]:
+    """Publish ``net`` as mask-net version M+1 and ``head`` as head version N+1, switched in one step, on
+    every replica of ``client`` (a Fleet, or one FerClient).
 
-    ``verify`` runs once the ensemble serves the new pair (raise to refuse). Returns (M+1, N+1).
+    ``verify(client)`` runs against each replica once the ensembles serve the new pair (raise to
+    refuse: every replica goes back to the old pair). Returns (M+1, N+1).
     """
     repository, layout = Path(heads.repository), heads.layout
     old_mask, old_head = check_serving(client, masks), check_serving(client, heads)
@@ -114,8 +122,7 @@ def publish_mask_and_head(client: FerClient, masks: StageVersions, heads: StageV
         _require_served(client, masks, old_mask, new_mask)
         _require_served(client, heads, old_head, new_head)
         _switch(client, layout, repository, {masks.name: new_mask, heads.name: new_head})
-        if verify:
-            verify()
+        verify_everywhere(client, verify)
         _switch(client, layout, repository, {})
     except Exception as exc:
         kept = _undo(client, layout, repository, written, {masks.name: old_mask, heads.name: old_head} if switched
@@ -162,7 +169,7 @@ class Rollback:
         return text
 
 
-def rollback(client: FerClient, repository: Path, layout: RepositoryLayout = RepositoryLayout()) -> Rollback:
+def rollback(client: Fleet | FerClient, repository: Path, layout: RepositoryLayout = RepositoryLayout()) -> Rollback:
     """Take the newest head version out of service, and its mask net too when they were published together."""
     heads = StageVersions(repository, layout)
     masks = StageVersions(repository, layout, "mask_net")

@@ -20,8 +20,14 @@ class PinError(RuntimeError):
     """The ensemble config cannot be read, or pins versions when it should not."""
 
 
-def ensemble_config_path(repository: Path, layout: RepositoryLayout) -> Path:
-    return Path(repository) / layout.ensemble / "config.pbtxt"
+def ensemble_config_path(repository: Path, layout: RepositoryLayout, ensemble: str | None = None) -> Path:
+    return Path(repository) / (ensemble or layout.ensemble) / "config.pbtxt"
+
+
+def ensembles(repository: Path, layout: RepositoryLayout) -> list[str]:
+    """The ensembles that call the mask net and the head: ``cafe``, and ``cafe_sites`` where sites exist."""
+    names = [layout.ensemble, layout.sites_ensemble]
+    return [n for i, n in enumerate(names) if i == 0 or ensemble_config_path(repository, layout, n).is_file()]
 
 
 def _read(path: Path) -> mc.ModelConfig:
@@ -32,25 +38,30 @@ def _read(path: Path) -> mc.ModelConfig:
 
 
 def read_pins(repository: Path, layout: RepositoryLayout) -> dict[str, int]:
-    """{model name: pinned version} for the steps that do not ask for the newest version (-1)."""
-    cfg = _read(ensemble_config_path(repository, layout))
-    return {step.model_name: step.model_version for step in cfg.ensemble_scheduling.step if step.model_version != -1}
+    """{model name: pinned version} for the steps that do not ask for the newest version (-1), in any ensemble."""
+    pins: dict[str, int] = {}
+    for ensemble in ensembles(repository, layout):
+        cfg = _read(ensemble_config_path(repository, layout, ensemble))
+        pins.update({step.model_name: step.model_version for step in cfg.ensemble_scheduling.step
+                     if step.model_version != -1})
+    return pins
 
 
 def write_pins(repository: Path, layout: RepositoryLayout, pins: dict[str, int]) -> None:
-    """Pin the named steps to the given versions and every other step to -1 (``{}`` unpins all).
+    """Pin the named steps to the given versions and every other step to -1 (``{}`` unpins all), in every
+    ensemble (:func:`ensembles`), so that base and site clients switch together.
 
-    The file is replaced atomically: Triton (re)reads it only on ``load_model``.
+    Each file is replaced atomically: Triton (re)reads it only on ``load_model``.
     """
-    path = ensemble_config_path(repository, layout)
-    cfg = _read(path)
-    steps = {step.model_name for step in cfg.ensemble_scheduling.step}
+    configs = {name: _read(ensemble_config_path(repository, layout, name)) for name in ensembles(repository, layout)}
+    steps = {step.model_name for cfg in configs.values() for step in cfg.ensemble_scheduling.step}
     unknown = sorted(set(pins) - steps)
     if unknown:
         raise PinError(f"the ensemble {layout.ensemble} has no step calling {', '.join(unknown)}")
-    for step in cfg.ensemble_scheduling.step:
-        step.model_version = pins.get(step.model_name, -1)
-    replace_config(path, cfg)
+    for name, cfg in configs.items():
+        for step in cfg.ensemble_scheduling.step:
+            step.model_version = pins.get(step.model_name, -1)
+        replace_config(ensemble_config_path(repository, layout, name), cfg)
 
 
 def check_unpinned(repository: Path, layout: RepositoryLayout) -> None:

@@ -26,6 +26,7 @@ from fer_triton.retrain.fit import LinearHead, fit_head
 from fer_triton.retrain.mask_finetune import (FineTunedMask, MaskFineTuneOptions, check_layout, check_matches_served,
                                               fine_tune_mask, load_mask_net, resolve_checkpoint)
 from fer_triton.retrain.publish import PublishError, StageVersions, check_serving, publish_head, read_head
+from fer_triton.retrain.replicas import Fleet
 from fer_triton.retrain.report import write_report
 from fer_triton.retrain.site_data import holdout_split, read_site
 from fer_triton.retrain.sites import SiteError, Sites, check_site_name
@@ -89,13 +90,17 @@ def _starting_head(options: RetrainOptions, client: FerClient, heads: StageVersi
     return zero_shot_head(meta.get("clip_model", "ViT-B-32-quickgelu"), pretrained, feature_norm=norm)
 
 
-def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = "cafe",
-            options: RetrainOptions = RetrainOptions(), site: str | None = None) -> RetrainResult:
+def retrain(data: str | Path, url: str | list[str], repository: str | Path, *, model: str = "cafe",
+            options: RetrainOptions = RetrainOptions(), site: str | None = None,
+            admin_key: str | None = None) -> RetrainResult:
     """Adapt the head (and with ``options.mask`` the mask net) to a site and publish it to a running server.
 
     ``data``: the site's labelled images (class folders or a ``path,label`` CSV; see site_data).
-    ``url``: the Triton gRPC address serving ``model``; ``repository``: that server's model repository
-    on a filesystem this process can write. Steps: read the images (unreadable ones named and left
+    ``url``: the Triton gRPC address serving ``model``, or a list of them: every replica that serves
+    ``repository`` (a DNS name resolving to several addresses counts as all of them; see replicas).
+    Features come from the first; the new version is loaded and verified on EVERY replica, all or
+    nothing. ``repository``: the replicas' model repository on a filesystem this process can write.
+    ``admin_key``: the key the servers' model control needs (None: none sent). Steps: read the images (unreadable ones named and left
     out), extract masked features FP32 [N, 512] and the serving head's probabilities through the
     server, hold out ``options.holdout`` of each class, fit a Linear(512, 7) head on the rest, compare
     it with the serving head on the held-out images (accuracy, balanced accuracy, per-class recall),
@@ -127,14 +132,16 @@ def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = 
     layout = RepositoryLayout(model)
     heads = StageVersions(Path(repository), layout)
     masks = StageVersions(Path(repository), layout, "mask_net")
-    with FerClient(url, model, site=site) as client:
-        serving = check_serving(client, heads)
+    urls = [url] if isinstance(url, str) else list(url)
+    with Fleet(urls, model, admin_key=admin_key, site=site) as fleet:
+        client = fleet.first  # reads the features; every replica serves the same versions
+        serving = check_serving(fleet, heads)
         site_head, base_version = None, serving
         if sites is not None:
-            sites.check_serving(client)
+            sites.check_serving(fleet)
             table = sites.table()
             serving, site_head = table.site_version(site), table.head(site)
-        tuner = _MaskTuner.prepare(client, masks, options.mask) if options.mask is not None else None
+        tuner = _MaskTuner.prepare(fleet, masks, options.mask) if options.mask is not None else None
         read = data_site.read_faces(client.info().wire_size)
         for line in read.skipped_lines():  # unreadable files are named and left out; the others are used
             log.warning("%s", line)
@@ -180,11 +187,11 @@ def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = 
             t = time.perf_counter()
             forced = " (forced: it is worse)" if comparison.new_is_worse else ""
             if sites is not None:
-                site_model_version, published = _publish_site(client, sites, site, head, x, data_site, faces, held,
+                site_model_version, published = _publish_site(fleet, sites, site, head, x, data_site, faces, held,
                                                               comparison, options, masks, base_version)
             else:
                 new_head, new_features = (tuned.head, tuned.masked_features) if tuned else (head, x)
-                published_mask, published = _publish(client, heads, masks, new_head, new_features, tuned, data_site,
+                published_mask, published = _publish(fleet, heads, masks, new_head, new_features, tuned, data_site,
                                                       faces, held, comparison, options)
             timings["publish"] = time.perf_counter() - t
             if sites is not None:
@@ -205,7 +212,7 @@ def retrain(data: str | Path, url: str, repository: str | Path, *, model: str = 
 
     report = None
     if options.report_dir is not None:
-        details = {"site data": str(data_site.source), "server": url, "repository": str(repository),
+        details = {"site data": str(data_site.source), "server": ", ".join(urls), "repository": str(repository),
                    "serving version before": str(serving), "starting head": options.init, "l2": str(options.l2),
                    "held-out share": str(options.holdout),
                    "classes without site images": ", ".join(data_site.missing_classes) or "none"}
@@ -232,9 +239,9 @@ class _MaskTuner:
         self.match = None
 
     @classmethod
-    def prepare(cls, client: FerClient, masks: StageVersions, options: MaskFineTuneOptions) -> "_MaskTuner":
-        check_layout(client.info().metadata, client.model)
-        return cls(client, masks, check_serving(client, masks), options)
+    def prepare(cls, fleet: Fleet, masks: StageVersions, options: MaskFineTuneOptions) -> "_MaskTuner":
+        check_layout(fleet.first.info().metadata, fleet.model)
+        return cls(fleet.first, masks, check_serving(fleet, masks), options)
 
     def check(self, faces: np.ndarray) -> None:
         onnx_path = self.masks.version_dir(self.serving) / "model.onnx"
@@ -257,7 +264,7 @@ class _MaskTuner:
         }
 
 
-def _publish(client, heads, masks, head: LinearHead, masked_features: np.ndarray, tuned: FineTunedMask | None,
+def _publish(fleet: Fleet, heads, masks, head: LinearHead, masked_features: np.ndarray, tuned: FineTunedMask | None,
              site, faces, held, comparison, options) -> tuple[int | None, int]:
     """Publish the new head (and the fine-tuned mask net with it); returns (mask version or None, head version)."""
     from fer_triton.retrain.pair_publish import publish_mask_and_head
@@ -273,7 +280,7 @@ def _publish(client, heads, masks, head: LinearHead, masked_features: np.ndarray
         log.warning("only %d site images: no drift reference written (needs %d)", len(site), MIN_SAMPLE)
     check = held[:8]
 
-    def served_equals_new_model():
+    def served_equals_new_model(client: FerClient):
         served = client.infer(faces[check]).probabilities
         diff = float(np.abs(served - new_probabilities[check]).max())
         if diff > 1e-4:
@@ -284,16 +291,16 @@ def _publish(client, heads, masks, head: LinearHead, masked_features: np.ndarray
             "accuracy_serving": comparison.serving.accuracy, "accuracy_new": comparison.new.accuracy,
             "forced": bool(comparison.new_is_worse)}
     if not tuned:
-        return None, publish_head(client, heads, head, info=info, extra_files=extra, verify=served_equals_new_model)
+        return None, publish_head(fleet, heads, head, info=info, extra_files=extra, verify=served_equals_new_model)
     mask_record = {"fer_triton": __version__, "checkpoint": str(tuned.saved_to) if tuned.saved_to else None,
                    "fine_tuned_from": str(tuned.base_checkpoint.resolve()), "site_data": str(site.source),
                    "history": tuned.history}
-    return publish_mask_and_head(client, masks, heads, tuned.mask_net, head, wire_size=client.info().wire_size,
+    return publish_mask_and_head(fleet, masks, heads, tuned.mask_net, head, wire_size=fleet.first.info().wire_size,
                                  mask_record=mask_record, head_info=info, extra_files=extra,
                                  verify=served_equals_new_model)
 
 
-def _publish_site(client, sites: Sites, site: str, head: LinearHead, masked_features: np.ndarray, data_site, faces,
+def _publish_site(fleet: Fleet, sites: Sites, site: str, head: LinearHead, masked_features: np.ndarray, data_site, faces,
                   held, comparison, options, masks: StageVersions, base_version: int) -> tuple[int, int]:
     """Publish ``head`` as ``site``'s next head version; returns (site-head model version, site version)."""
     new_probabilities = head.probabilities(masked_features)
@@ -305,7 +312,7 @@ def _publish_site(client, sites: Sites, site: str, head: LinearHead, masked_feat
         log.warning("only %d site images: no drift reference written (needs %d)", len(data_site), MIN_SAMPLE)
     check = held[:8]
 
-    def served_equals_new_head():
+    def served_equals_new_head(client: FerClient):
         served = client.infer(faces[check], sites=site).probabilities
         diff = float(np.abs(served - new_probabilities[check]).max())
         if diff > 1e-4:
@@ -320,7 +327,7 @@ def _publish_site(client, sites: Sites, site: str, head: LinearHead, masked_feat
               "accuracy": comparison.new.accuracy, "balanced_accuracy": comparison.new.balanced_accuracy,
               "accuracy_serving": comparison.serving.accuracy, "forced": bool(comparison.new_is_worse),
               "base_head_version": base_version, "mask_net_version": mask_net_version}
-    return sites.publish_head(client, site, head, record, drift_reference=reference, verify=served_equals_new_head)
+    return sites.publish_head(fleet, site, head, record, drift_reference=reference, verify=served_equals_new_head)
 
 
 def _sites_fitted_before(repository: Path, layout: RepositoryLayout) -> list[str]:

@@ -40,6 +40,7 @@ from fer_triton.export.onnx_export import HeadGraph, StageSpec, export_stage
 from fer_triton.export.repository import RUNNER_SOURCE, RepositoryLayout
 from fer_triton.retrain.fit import LinearHead
 from fer_triton.retrain.pins import check_unpinned
+from fer_triton.retrain.replicas import Fleet, FleetError, as_fleet
 
 log = logging.getLogger(__name__)
 
@@ -125,34 +126,46 @@ class StageVersions:
         return target
 
 
-def served_versions(client: FerClient, model: str) -> list[int]:
-    """READY versions of ``model`` on the server (raises PublishError if the server cannot say)."""
-    try:
-        index = client.triton.get_model_repository_index(as_json=True).get("models", [])
-    except InferenceServerException as exc:
-        raise PublishError(f"cannot read the model index of the server at {client.url}: {exc.message()}") from exc
-    return sorted(int(m["version"]) for m in index if m.get("name") == model and m.get("state") == "READY")
+def served_versions(target: Fleet | FerClient, model: str) -> list[int]:
+    """READY versions of ``model``, the same on every replica; raises PublishError naming the replicas
+    that cannot say or that serve other versions than the first."""
+    fleet = as_fleet(target)
+    found = {}
+    for client in fleet.clients:
+        try:
+            found[client.url] = fleet.ready_versions(client, model)
+        except FleetError as exc:
+            raise PublishError(str(exc)) from exc
+    first = next(iter(found.values()))
+    if any(versions != first for versions in found.values()):
+        raise PublishError(f"the replicas serve different versions of {model}: "
+                           + "; ".join(f"{url}: {v or 'none'}" for url, v in found.items())
+                           + " (`fer-triton status` shows them; load the model on the ones behind)")
+    return first
 
 
-def check_serving(client: FerClient, heads: StageVersions) -> int:
-    """The stage's version being served (the newest on disk); raise PublishError unless the server runs
-    this repository's versions of it."""
-    try:
-        ensemble_ready = client.triton.is_model_ready(client.model)
-    except InferenceServerException as exc:
-        raise PublishError(f"cannot reach the Triton server at {client.url}: {exc.message()}") from exc
-    if not ensemble_ready:
-        raise PublishError(f"the server at {client.url} has no ready ensemble '{client.model}' "
-                           f"(is this a fer-triton server? pass -m/--model for another name)")
+def check_serving(target: Fleet | FerClient, heads: StageVersions) -> int:
+    """The stage's version being served (the newest on disk); raise PublishError unless EVERY replica runs
+    this repository's versions of it (the message names the replica)."""
+    fleet = as_fleet(target)
+    for client in fleet.clients:
+        try:
+            ensemble_ready = client.triton.is_model_ready(client.model)
+        except InferenceServerException as exc:
+            raise PublishError(f"cannot reach the Triton server at {client.url}: {exc.message()}") from exc
+        if not ensemble_ready:
+            raise PublishError(f"the server at {client.url} has no ready ensemble '{client.model}' "
+                               f"(is this a fer-triton server? pass -m/--model for another name)")
     newest = heads.newest()
-    served = served_versions(client, heads.name)
-    if not served:
-        raise PublishError(f"the server at {client.url} serves no '{heads.name}' model; it is not the server "
-                           f"of {heads.repository}")
-    if served[-1] != newest:
-        raise PublishError(f"the server at {client.url} serves {heads.name} version {served[-1]} but "
-                           f"{heads.model_dir} holds version {newest} as newest: the server does not run "
-                           f"repository {heads.repository}, or it was changed without loading")
+    for client in fleet.clients:
+        served = served_versions(Fleet.wrap([client]), heads.name)
+        if not served:
+            raise PublishError(f"the server at {client.url} serves no '{heads.name}' model; it is not the server "
+                               f"of {heads.repository}")
+        if served[-1] != newest:
+            raise PublishError(f"the server at {client.url} serves {heads.name} version {served[-1]} but "
+                               f"{heads.model_dir} holds version {newest} as newest: the server does not run "
+                               f"repository {heads.repository}, or it was changed without loading")
     return newest
 
 
@@ -180,11 +193,28 @@ def export_head(head: LinearHead, path: Path, name: str) -> float:
     return export_stage(spec, path).worst
 
 
-def load_model(client: FerClient, name: str) -> None:
-    try:
-        client.triton.load_model(name)
-    except InferenceServerException as exc:
-        raise PublishError(f"Triton could not load {name}: {exc.message()}") from exc
+def load_model(target: Fleet | FerClient, name: str) -> None:
+    """Load ``name`` on every replica; raise PublishError naming each replica that refused and why."""
+    fleet = as_fleet(target)
+    failed = fleet.load(name)
+    if failed:
+        where = "" if len(fleet.clients) == 1 else f" on {len(failed)} of {len(fleet.clients)} replicas"
+        raise PublishError(f"Triton could not load {name}{where}: "
+                           + "; ".join(msg if len(fleet.clients) == 1 else f"{url}: {msg}" for url, msg in failed.items()))
+
+
+def verify_everywhere(target: Fleet | FerClient, verify: Callable[[FerClient], None] | None) -> None:
+    """Run ``verify(client)`` against every replica; the first failure is raised naming its replica."""
+    if verify is None:
+        return
+    fleet = as_fleet(target)
+    for client in fleet.clients:
+        try:
+            verify(client)
+        except Exception as exc:
+            if len(fleet.clients) == 1:
+                raise
+            raise PublishError(f"replica {client.url}: {exc}") from exc
 
 
 def write_head_version(heads: StageVersions, version: int, head: LinearHead, *, previous: int, info: dict,
@@ -204,42 +234,47 @@ def write_head_version(heads: StageVersions, version: int, head: LinearHead, *, 
     return heads.write_version(version, fill)
 
 
-def publish_version(client: FerClient, versions: StageVersions, write: Callable[[int, int], Path], *,
-                    verify: Callable[[], None] | None = None) -> int:
-    """Publish the next version of a versioned model and load it with no restart; return its number.
+def publish_version(target: Fleet | FerClient, versions: StageVersions, write: Callable[[int, int], Path], *,
+                    verify: Callable[[FerClient], None] | None = None) -> int:
+    """Publish the next version of a versioned model on every replica, all or nothing; return its number.
 
+    ``target``: the replicas that serve the repository (a Fleet), or one server (a FerClient).
     ``write(version, serving)`` builds version folder ``version`` (through ``versions.write_version``)
-    from the served one. Then the model is loaded, the server must serve the new version, and
-    ``verify`` runs (raise to refuse). On any failure after the write, the new folder goes to the
-    archive as ``<version>-failed-<time>`` and the model is loaded again, so the served version is
-    served as before. Raises PublishError (or PinError: an interrupted pair publish left pins).
+    from the served one. Then every replica loads the model, must serve the new version, and
+    ``verify(client)`` runs against each (raise to refuse). On any failure after the write (one replica
+    refusing the load, serving another version, or failing verification), the new folder goes to the
+    archive as ``<version>-failed-<time>`` and every replica loads the model again, so all serve the
+    previous version as before. Raises PublishError naming the replica (or PinError: an interrupted pair
+    publish left pins).
     """
-    serving = check_serving(client, versions)
+    fleet = as_fleet(target)
+    serving = check_serving(fleet, versions)
     check_unpinned(versions.repository, versions.layout)
     version = versions.next_version()
     write(version, serving)
     try:
-        load_model(client, versions.name)
-        served = served_versions(client, versions.name)
+        load_model(fleet, versions.name)
+        served = served_versions(fleet, versions.name)
         if not served or served[-1] != version:
-            raise PublishError(f"after loading, the server serves {versions.name} versions {served}, not {version}")
-        if verify:
-            verify()
+            raise PublishError(f"after loading, {fleet.describe()} serve(s) {versions.name} versions {served}, "
+                               f"not {version}")
+        verify_everywhere(fleet, verify)
     except Exception as exc:
         archived = versions.archive(version, "failed")
         try:
-            load_model(client, versions.name)
+            load_model(fleet, versions.name)
         except PublishError as again:
             raise PublishError(f"{exc}; and reloading version {serving} failed too: {again}") from exc
         raise PublishError(f"publishing {versions.name} version {version} failed, version {serving} is served "
-                           f"again (the new version is kept in {archived}): {exc}") from exc
-    log.info("published %s version %d (was %d)", versions.name, version, serving)
+                           f"again by {fleet.describe()} (the new version is kept in {archived}): {exc}") from exc
+    log.info("published %s version %d (was %d) on %s, each verified", versions.name, version, serving,
+             fleet.describe())
     return version
 
 
-def publish_head(client: FerClient, heads: StageVersions, head: LinearHead, *, info: dict,
+def publish_head(client: Fleet | FerClient, heads: StageVersions, head: LinearHead, *, info: dict,
                  extra_files: dict[str, Callable[[Path], None]] | None = None,
-                 verify: Callable[[], None] | None = None) -> int:
+                 verify: Callable[[FerClient], None] | None = None) -> int:
     """Write ``head`` as version N+1, load it, check it is served; return N+1.
 
     ``extra_files`` maps file names to writers (e.g. the drift reference). ``verify`` runs after the
@@ -251,8 +286,9 @@ def publish_head(client: FerClient, heads: StageVersions, head: LinearHead, *, i
     return publish_version(client, heads, write, verify=verify)
 
 
-def rollback_head(client: FerClient, heads: StageVersions) -> tuple[int, int]:
-    """Take the newest head version out of service (into the archive) and serve the previous one.
+def rollback_head(client: Fleet | FerClient, heads: StageVersions) -> tuple[int, int]:
+    """Take the newest head version out of service (into the archive) and serve the previous one on every
+    replica (a replica that refuses puts the version back and reloads everywhere).
 
     Returns (version taken out, version now served).
     """

@@ -29,6 +29,14 @@ class FleetError(RuntimeError):
     """A replica cannot be reached, named, or made to serve what the repository holds; the message names it."""
 
 
+def _why(exc: InferenceServerException) -> str:
+    """Triton's message, with what to do when model control is behind a key the call did not carry."""
+    message = exc.message() or str(exc)
+    if "restricted" in message:
+        message += " (model control is behind an admin key here: set FER_TRITON_ADMIN_KEY or FER_TRITON_ADMIN_KEY_FILE)"
+    return message
+
+
 def _split(url: str) -> tuple[str, int]:
     host, sep, port = url.rpartition(":")
     if not sep or not port.isdigit():
@@ -87,10 +95,29 @@ class Fleet:
     """
 
     def __init__(self, urls: Iterable[str], model: str = "cafe", *, admin_key: str | None = None,
-                 resolver: Resolver = system_resolver, timeout_s: float = 60.0):
+                 resolver: Resolver = system_resolver, timeout_s: float = 60.0, site: str | None = None):
         self.urls = expand_urls(urls, resolver)
         self.headers = grpc_headers(admin_key)
-        self.clients = [FerClient(u, model, headers=self.headers, timeout_s=timeout_s) for u in self.urls]
+        self.clients = [FerClient(u, model, headers=self.headers, timeout_s=timeout_s, site=site) for u in self.urls]
+
+    @classmethod
+    def wrap(cls, clients: Iterable[FerClient]) -> "Fleet":
+        """A fleet over clients already open (their own headers are used for model control too)."""
+        fleet = cls.__new__(cls)
+        fleet.clients = list(clients)
+        fleet.urls = [c.url for c in fleet.clients]
+        fleet.headers = dict(fleet.clients[0].headers) if fleet.clients else {}
+        return fleet
+
+    @property
+    def model(self) -> str:
+        return self.first.model
+
+    def describe(self) -> str:
+        """"the server at URL" or "the 3 replicas (URL, URL, URL)", for messages."""
+        if len(self.urls) == 1:
+            return f"the server at {self.urls[0]}"
+        return f"the {len(self.urls)} replicas ({', '.join(self.urls)})"
 
     @property
     def first(self) -> FerClient:
@@ -112,7 +139,7 @@ class Fleet:
         try:
             index = client.triton.get_model_repository_index(headers=self.headers, as_json=True).get("models", [])
         except InferenceServerException as exc:
-            raise FleetError(f"cannot read the model index of the replica at {client.url}: {exc.message()}") from exc
+            raise FleetError(f"cannot read the model index of the replica at {client.url}: {_why(exc)}") from exc
         return sorted(int(m["version"]) for m in index if m.get("name") == model and m.get("state") == "READY")
 
     def load(self, model: str) -> dict[str, str]:
@@ -121,6 +148,16 @@ class Fleet:
         for client in self.clients:
             try:
                 client.triton.load_model(model, headers=self.headers)
+            except InferenceServerException as exc:
+                failed[client.url] = _why(exc)
+        return failed
+
+    def unload(self, model: str) -> dict[str, str]:
+        """``unload_model(model)`` on every replica; returns {url: error} for the replicas that refused."""
+        failed = {}
+        for client in self.clients:
+            try:
+                client.triton.unload_model(model, headers=self.headers)
             except InferenceServerException as exc:
                 failed[client.url] = exc.message() or str(exc)
         return failed
@@ -134,6 +171,11 @@ class Fleet:
             except FleetError as exc:
                 out.append(ReplicaStatus(client.url, False, error=str(exc)))
         return out
+
+
+def as_fleet(target: "Fleet | FerClient") -> "Fleet":
+    """A Fleet as it is, or one FerClient as a fleet of one replica."""
+    return target if isinstance(target, Fleet) else Fleet.wrap([target])
 
 
 def flag_differences(statuses: list[ReplicaStatus], on_disk: dict[str, list[int]] | None = None) -> None:

@@ -52,6 +52,7 @@ from fer_triton.retrain.fit import LinearHead
 from fer_triton.retrain.pins import check_unpinned
 from fer_triton.retrain.publish import (SITES_INFO, PublishError, StageVersions, check_serving, jsonable, load_model,
                                         publish_version)
+from fer_triton.retrain.replicas import Fleet, as_fleet
 
 log = logging.getLogger(__name__)
 
@@ -263,17 +264,20 @@ class Sites:
         return rows
 
     # ---- changes (need the server that runs this repository) ----------------------------------
-    def check_serving(self, client: FerClient) -> int:
-        """The served site-head version (the newest on disk); PublishError unless the server runs it and
-        the sites ensemble is ready."""
+    def check_serving(self, client: Fleet | FerClient) -> int:
+        """The served site-head version (the newest on disk); PublishError unless every replica runs it and
+        has the sites ensemble ready."""
         self.require()
-        version = check_serving(client, self.versions)
-        if not client.triton.is_model_ready(self.layout.sites_ensemble):
-            raise PublishError(f"the server at {client.url} has no ready ensemble '{self.layout.sites_ensemble}': "
-                               f"load it (or restart the server on {self.repository})")
+        fleet = as_fleet(client)
+        version = check_serving(fleet, self.versions)
+        for replica in fleet.clients:
+            if not replica.triton.is_model_ready(self.layout.sites_ensemble):
+                raise PublishError(f"the server at {replica.url} has no ready ensemble "
+                                   f"'{self.layout.sites_ensemble}': load it (or restart the server on "
+                                   f"{self.repository})")
         return version
 
-    def install(self, client: FerClient) -> list[str]:
+    def install(self, client: Fleet | FerClient) -> list[str]:
         """Add the site models to a repository exported before sites existed, and load them; returns the
         models added ([] when they were there). On a load failure both folders are removed again."""
         if self.installed:
@@ -288,16 +292,15 @@ class Sites:
             for folder in folders:
                 shutil.rmtree(folder, ignore_errors=True)
             for model in (self.layout.sites_ensemble, self.layout.site_head):
-                try:
-                    client.triton.unload_model(model)
-                except Exception:  # it may never have loaded
-                    log.debug("unloading %s failed", model, exc_info=True)
+                # it may never have loaded on some replicas: what they say is only logged
+                for url, why in as_fleet(client).unload(model).items():
+                    log.debug("unloading %s on %s failed: %s", model, url, why)
             raise
         log.info("added %s and %s to %s", self.layout.site_head, self.layout.sites_ensemble, self.repository)
         return [f.name for f in folders]
 
-    def publish(self, client: FerClient, change: Callable[[SiteTable, dict], str], *,
-                verify: Callable[[], None] | None = None) -> int:
+    def publish(self, client: Fleet | FerClient, change: Callable[[SiteTable, dict], str], *,
+                verify: Callable[[FerClient], None] | None = None) -> int:
         """Write and serve the next site-head version: the served table changed by ``change(table, files)``,
         which returns a description, may add {file name: writer(path)} to ``files`` (e.g. a drift
         reference) and raises SiteError before anything is written. Returns the version."""
@@ -332,7 +335,7 @@ class Sites:
         for version in self.versions.on_disk()[:-KEPT_FOLDERS]:
             self.versions.archive(version, "superseded")
 
-    def add(self, client: FerClient, name: str) -> int:
+    def add(self, client: Fleet | FerClient, name: str) -> int:
         """Create site ``name`` (served by the base head until it gets a head); returns the site-head version."""
         check_site_name(name)
         by = who()
@@ -343,9 +346,9 @@ class Sites:
 
         return self.publish(client, change)
 
-    def publish_head(self, client: FerClient, site: str, head: LinearHead, record: dict, *,
+    def publish_head(self, client: Fleet | FerClient, site: str, head: LinearHead, record: dict, *,
                      drift_reference: Callable[[Path], object] | None = None,
-                     verify: Callable[[], None] | None = None) -> tuple[int, int]:
+                     verify: Callable[[FerClient], None] | None = None) -> tuple[int, int]:
         """Serve ``head`` for ``site`` as its next site version (with its drift reference writer, if any).
 
         ``record``: what the retrain measured (accuracy, balanced_accuracy, held_out, ...). Returns
@@ -364,7 +367,7 @@ class Sites:
 
         return self.publish(client, change, verify=verify), versions["site"]
 
-    def rollback(self, client: FerClient, site: str) -> "SiteRollback":
+    def rollback(self, client: Fleet | FerClient, site: str) -> "SiteRollback":
         """Serve the site's previous head again (or the base head after its first); the served one is kept
         in the table's ``rolled_back`` list and the archived version folders."""
         by, moved = who(), {}

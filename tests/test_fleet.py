@@ -194,3 +194,127 @@ def test_the_repository_lock_refuses_waits_and_recovers_a_stale_lock(tmp_path):
                                                     "started": fresh, "heartbeat": fresh}))
     with pytest.raises(RepositoryLockedError, match="ops@elsewhere"):
         RepositoryLock(repository, "polite").acquire()
+
+
+# -- publishing to every replica, all or nothing ------------------------------------------------------
+
+def _retrain(data, servers, repository, key=None, **options):
+    from fer_triton.retrain.pipeline import RetrainOptions, retrain
+
+    return retrain(data, [s.grpc_url for s in servers], repository, admin_key=key,
+                   options=RetrainOptions(progress=False, **options))
+
+
+def _head_dirs(repository):
+    return sorted(int(p.name) for p in (repository / "cafe_head").iterdir() if p.is_dir())
+
+
+def test_retrain_and_rollback_reach_every_replica_with_no_failed_request(repository_copy, server_factory, tmp_path):
+    from fer_triton.synthetic import draw_site, write_site
+    from live_clients import SITE_SHIFT, Hammer, served
+
+    key = new_key()
+    servers = [server_factory(repository_copy, admin_key=key) for _ in range(3)]
+    data = write_site(tmp_path / "site", 4, SITE_SHIFT, seed=1)
+    probe, _ = draw_site(1, SITE_SHIFT, seed=11)
+    before = [served(s.grpc_url, probe).probabilities for s in servers]
+    hammers = [Hammer(s.grpc_url, threads=1) for s in servers]
+    for hammer in hammers:
+        hammer.__enter__()
+    try:
+        result = _retrain(data, servers, repository_copy, key, force=True, report_dir=tmp_path / "report")
+        after = [served(s.grpc_url, probe) for s in servers]
+        rolled = CliRunner(env={"FER_TRITON_ADMIN_KEY": key}).invoke(
+            cli, ["rollback", *sum((["-u", s.grpc_url] for s in servers), []), "-r", str(repository_copy)])
+        restored = [served(s.grpc_url, probe).probabilities for s in servers]
+    finally:
+        for hammer in hammers:
+            hammer.__exit__(None, None, None)
+    assert result.published_version == 2
+    for out in after:  # every replica serves the new head: its probabilities are the fitted head's
+        np.testing.assert_allclose(out.probabilities, result.head.probabilities(out.masked_features), atol=1e-4)
+    assert rolled.exit_code == 0, rolled.output
+    assert "the 3 replicas" in rolled.output
+    for old, now in zip(before, restored):
+        assert np.abs(old - now).max() < 1e-6
+    assert all(h.errors == [] and h.finished for h in hammers), [h.errors for h in hammers]
+
+
+def test_one_replica_refusing_leaves_every_replica_on_the_previous_version(repository_copy, server_factory, tmp_path):
+    from fer_triton.retrain.publish import PublishError
+    from fer_triton.synthetic import draw_site, write_site
+    from live_clients import SITE_SHIFT, served
+
+    key = new_key()
+    servers = [server_factory(repository_copy, admin_key=key) for _ in range(2)]
+    data = write_site(tmp_path / "site", 4, SITE_SHIFT, seed=2)
+    probe, _ = draw_site(1, SITE_SHIFT, seed=12)
+    # A replica with another key refuses model control: found before anything is written.
+    stranger = server_factory(repository_copy, admin_key=new_key())
+    with pytest.raises(PublishError, match=stranger.grpc_url):
+        _retrain(data, [*servers, stranger], repository_copy, key, force=True)
+    assert _head_dirs(repository_copy) == [1]
+    # A replica on a stale copy of the volume cannot load the new version: every replica goes back.
+    stale_copy = tmp_path / "stale"
+    shutil.copytree(repository_copy, stale_copy)
+    stale = server_factory(stale_copy, admin_key=key)
+    replicas = [*servers, stale]
+    before = [served(s.grpc_url, probe).probabilities for s in replicas]
+    with pytest.raises(PublishError) as err:
+        _retrain(data, replicas, repository_copy, key, force=True)
+    message = str(err.value)
+    assert "publishing cafe_head version 2 failed, version 1 is served again by the 3 replicas" in message
+    assert stale.grpc_url in message  # the replica that did not follow is named
+    now = [served(s.grpc_url, probe).probabilities for s in replicas]
+    for old, new in zip(before, now):
+        assert np.array_equal(old, new)  # all three serve the previous head exactly
+    assert _head_dirs(repository_copy) == [1]  # nothing half published: the new version is archived
+    archived = [p.name for p in (repository_copy.parent / "model_repository.archive" / "cafe_head").iterdir()]
+    assert [name.split("-")[:2] for name in archived] == [["2", "failed"]]
+    for replica in replicas:
+        with FerClient(replica.grpc_url, headers=grpc_headers(key)) as client:
+            index = client.triton.get_model_repository_index(headers=grpc_headers(key), as_json=True)["models"]
+        assert sorted(int(m["version"]) for m in index if m["name"] == "cafe_head" and m["state"] == "READY") == [1]
+
+
+def test_a_replica_started_later_serves_the_same_versions_and_two_retrains_do_not_collide(
+        repository_copy, server_factory, tmp_path):
+    import subprocess
+    import sys
+
+    from fer_triton.synthetic import draw_site, write_site
+    from live_clients import SITE_SHIFT, served
+
+    key = new_key()
+    first = server_factory(repository_copy, admin_key=key)
+    data = write_site(tmp_path / "site", 4, SITE_SHIFT, seed=3)
+    env = dict(os.environ, FER_TRITON_ADMIN_KEY=key)
+    runs = [subprocess.Popen([sys.executable, "-m", "fer_triton", "retrain", "-d", str(data), "-u", first.grpc_url,
+                              "-r", str(repository_copy), "--force", "--seed", str(seed), "--lock-wait", "600",
+                              "--report", str(tmp_path / f"report{seed}")],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for seed in (0, 1)]  # two retrains of one repository at once
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    published = sorted(int(line.split("cafe_head version ")[1].split()[0].rstrip(","))
+                       for out in outputs for line in out.splitlines() if line.startswith("published as"))
+    assert published == [2, 3]  # one waited for the other: unique versions, both served in turn
+    assert _head_dirs(repository_copy) == [1, 2, 3]
+    later = server_factory(repository_copy, admin_key=key)
+    status = CliRunner(env={"FER_TRITON_ADMIN_KEY": key}).invoke(
+        cli, ["status", "-u", first.grpc_url, "-u", later.grpc_url, "-r", str(repository_copy), "--json"])
+    assert status.exit_code == 0, status.output
+    probe, _ = draw_site(1, SITE_SHIFT, seed=13)
+    assert np.array_equal(served(first.grpc_url, probe).probabilities, served(later.grpc_url, probe).probabilities)
+    assert not (repository_copy / LOCK_FILE).exists()  # both let go of the lock
+
+
+def test_retrain_without_the_key_is_refused_clearly_and_changes_nothing(repository_copy, server_factory, tmp_path):
+    from fer_triton.synthetic import write_site
+
+    server = server_factory(repository_copy, admin_key=new_key())
+    data = write_site(tmp_path / "site", 3, seed=4)
+    result = CliRunner().invoke(cli, ["retrain", "-d", str(data), "-u", server.grpc_url, "-r", str(repository_copy)])
+    assert result.exit_code == 1
+    assert "restricted" in result.output and "the serving head is unchanged" in result.output
+    assert _head_dirs(repository_copy) == [1]

@@ -181,7 +181,7 @@ def test_a_failed_pair_is_taken_out_and_rollback_follows_what_was_published(repo
     head = LinearHead(np.random.default_rng(0).normal(size=(7, 512)).astype(np.float32) * 0.01, np.zeros(7))
     masks, heads = StageVersions(repository_copy, stage="mask_net"), StageVersions(repository_copy)
 
-    def refuse():
+    def refuse(client):
         raise PublishError("refused by the test")
 
     with FerClient(server.grpc_url) as client, pytest.raises(PublishError) as failed:

@@ -300,7 +300,7 @@ def test_a_head_triton_cannot_load_or_that_fails_verification_is_taken_out_again
             publish_head(client, heads, head, info={}, extra_files=broken_onnx)
         assert "version 1 is served again" in str(err.value)
 
-        def refuse():
+        def refuse(client):
             raise PublishError("outputs differ")
 
         with pytest.raises(PublishError, match="outputs differ"):
