@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -142,25 +143,27 @@ class Fleet:
             raise FleetError(f"cannot read the model index of the replica at {client.url}: {_why(exc)}") from exc
         return sorted(int(m["version"]) for m in index if m.get("name") == model and m.get("state") == "READY")
 
-    def load(self, model: str) -> dict[str, str]:
-        """``load_model(model)`` on every replica; returns {url: error} for the replicas that refused."""
-        failed = {}
-        for client in self.clients:
+    def _on_each(self, call: Callable[[FerClient], object]) -> dict[str, str]:
+        """``call(client)`` on every replica at once (a load takes as long on one as on ten); returns
+        {url: Triton's reason} for the replicas that refused."""
+        def attempt(client: FerClient) -> str | None:
             try:
-                client.triton.load_model(model, headers=self.headers)
+                call(client)
             except InferenceServerException as exc:
-                failed[client.url] = _why(exc)
-        return failed
+                return _why(exc)
+            return None
+
+        with ThreadPoolExecutor(max_workers=len(self.clients)) as pool:
+            answers = list(pool.map(attempt, self.clients))
+        return {client.url: why for client, why in zip(self.clients, answers) if why is not None}
+
+    def load(self, model: str) -> dict[str, str]:
+        """``load_model(model)`` on every replica, in parallel; returns {url: error} for those that refused."""
+        return self._on_each(lambda client: client.triton.load_model(model, headers=self.headers))
 
     def unload(self, model: str) -> dict[str, str]:
-        """``unload_model(model)`` on every replica; returns {url: error} for the replicas that refused."""
-        failed = {}
-        for client in self.clients:
-            try:
-                client.triton.unload_model(model, headers=self.headers)
-            except InferenceServerException as exc:
-                failed[client.url] = exc.message() or str(exc)
-        return failed
+        """``unload_model(model)`` on every replica, in parallel; returns {url: error} for those that refused."""
+        return self._on_each(lambda client: client.triton.unload_model(model, headers=self.headers))
 
     def status(self, models: Iterable[str]) -> list[ReplicaStatus]:
         """Per replica: the READY versions of each of ``models`` (an unreachable replica is reported, not raised)."""
