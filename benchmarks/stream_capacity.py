@@ -1,6 +1,7 @@
 """How many cameras at what frame rate one CPU tritonserver sustains through `fer-triton stream`.
 
     .venv/bin/python benchmarks/stream_capacity.py --cameras 1,2,3,4 --fps 5 --seconds 20
+    .venv/bin/python benchmarks/stream_capacity.py --cameras 5,10,20 --fps 10 --reclassify-every 1s
 
 Builds the TRUE model (open_clip ViT-B-32-quickgelu + ResNet-18 + head) with RANDOM weights,
 exports it to a temporary repository, starts the real tritonserver, then for each camera count
@@ -9,6 +10,14 @@ through StreamPipeline and reports faces/s, dropped frames, p50/p99 latency (fra
 result), and where the time goes: client read/decode and detect+crop per frame, the gRPC round
 trip per request, and Triton's own per-model queue and compute times (statistics API).
 A camera count is "sustained" when no frame was dropped and p99 latency stayed under 1 s.
+
+``--reclassify-every`` tracks each camera's face (ByteTrack, client/tracking.py) and sends a track's
+face to the server only that often (``1s``: once per second of video; ``0``: every face, tracked);
+the other faces carry the track's last result. Each run then also reports the faces sent and the
+requests per camera per second (Triton's own count of ensemble requests), against the faces
+written; without the option every face is sent (today's default). ``--stagger S`` starts the cameras
+spread over S seconds: without it every camera's face appears, and is classified again, at the same
+instant (a burst of one face per camera every period: the worst case for latency).
 
 Random weights: speeds are real, labels are meaningless. One face per frame ("crops" mode:
 every frame is a face crop); --haar-frames also times the Haar detector on larger frames.
@@ -44,16 +53,17 @@ def build_repository(workdir: Path, clip_model: str) -> Path:
     return repository
 
 
-def write_cameras(workdir: Path, count: int, frames: int, size: int) -> list[Path]:
+def write_cameras(workdir: Path, count: int, frames: int, size: int, fps: float) -> list[Path]:
+    """MJPG files of ``frames`` drawn faces, written at ``fps`` (what a seconds reclassify policy counts)."""
     import cv2
 
     from fer_triton.synthetic import draw_faces
 
     paths = []
     for c in range(count):
-        path = workdir / f"cam{c}.avi"
-        if not path.exists():
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (size, size))
+        path = workdir / f"cam{c}_{fps:g}fps_{size}px.avi"
+        if not path.exists() or cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT) < frames:
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (size, size))
             for face in draw_faces(frames, size, seed=c)[0]:
                 writer.write(cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
             writer.release()
@@ -88,12 +98,45 @@ def server_breakdown(before: dict, after: dict) -> dict[str, dict[str, float]]:
     return rows
 
 
-def run_cameras(url: str, videos: list[Path], fps: float, seconds: float, batch: int, in_flight: int) -> dict:
-    from fer_triton.client import FerClient, StreamConfig, StreamPipeline, parse_sources
+def delayed_cameras(videos: list[Path], fps: float, stagger_s: float) -> list:
+    """The videos as paced cameras, camera c of N starting c * stagger_s / N seconds after the first (so
+    their faces do not all appear, and are not all classified again, at the same instant)."""
+    from fer_triton.client import parse_sources
+    from fer_triton.client.sources import FrameSource, open_source
+
+    class DelayedCamera(FrameSource):
+        def __init__(self, spec, delay_s: float):
+            super().__init__(spec)
+            self.delay_s, self._inner = delay_s, None
+
+        def open(self) -> None:
+            self._inner = open_source(self.spec, fps=fps)
+            self.live = self._inner.live
+
+        @property
+        def read_ms(self) -> float:
+            return getattr(self._inner, "read_ms", 0.0)
+
+        def frames(self):
+            time.sleep(self.delay_s)
+            yield from self._inner.frames()
+            self.end_reason = self._inner.end_reason
+
+        def close(self) -> None:
+            if self._inner is not None:
+                self._inner.close()
+
+    specs = parse_sources([str(v) for v in videos])
+    return [DelayedCamera(spec, c * stagger_s / len(specs)) for c, spec in enumerate(specs)]
+
+
+def run_cameras(url: str, videos: list[Path], fps: float, seconds: float, batch: int, in_flight: int,
+                reclassify: str | None = None, stagger_s: float = 0.0, model: str = "cafe") -> dict:
+    from fer_triton.client import FerClient, StreamConfig, StreamPipeline
 
     config = StreamConfig(detector="crops", fps=fps, live_drop="oldest", batch_size=batch, max_in_flight=in_flight,
-                          queue_frames=2, detect_workers=2)
-    pipeline = StreamPipeline(parse_sources([str(v) for v in videos]), url, config=config, out=io.StringIO())
+                          queue_frames=2, detect_workers=2, reclassify=reclassify)
+    pipeline = StreamPipeline(delayed_cameras(videos, fps, stagger_s), url, config=config, out=io.StringIO())
     import threading
 
     threading.Timer(seconds, pipeline.stop).start()
@@ -103,16 +146,25 @@ def run_cameras(url: str, videos: list[Path], fps: float, seconds: float, batch:
         after = server_times(probe)
     stats = summary.stats
     total = summary.accounting
+    server = server_breakdown(before, after)
+    elapsed = stats.elapsed()
+    requests = server.get(model, {}).get("requests", 0.0)  # what Triton itself counted for the ensemble
     return {"load_avg_1min": round(os.getloadavg()[0], 1),  # the CPU may be shared: say how busy it was
-        "cameras": len(videos), "fps": fps, "seconds": round(stats.elapsed(), 1),
+        "cameras": len(videos), "fps": fps, "reclassify_every": reclassify or "off (every face)",
+        "stagger_s": stagger_s,
+        "seconds": round(elapsed, 1),
         "frames_read": total.frames_read, "frames_dropped": total.frames_dropped, "results": total.results,
         "errors": total.errors, "balanced": total.balanced,
-        "faces_per_s": round(total.results / stats.elapsed(), 2),
+        "faces_per_s": round(total.results / elapsed, 2),
+        "faces_sent": total.faces_sent,
+        "requests": int(requests),
+        "faces_sent_per_camera_s": round(total.faces_sent / len(videos) / elapsed, 2),
+        "requests_per_camera_s": round(requests / len(videos) / elapsed, 2),
         "p50_ms": round(stats.latency(50) or float("nan"), 1), "p99_ms": round(stats.latency(99) or float("nan"), 1),
         "client_read_ms": round(stats.timing("read") or float("nan"), 2),
         "client_detect_ms": round(stats.timing("detect") or float("nan"), 2),
         "request_ms": round(stats.timing("request") or float("nan"), 1),
-        "server": server_breakdown(before, after),
+        "server": server,
     }
 
 
@@ -138,6 +190,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="streaming time per camera count")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument("--reclassify-every", metavar="N|Ns",
+                        help="track faces and classify a track every N frames or N seconds (1s); default: every face")
+    parser.add_argument("--stagger", type=float, default=0.0, metavar="SECONDS",
+                        help="start the cameras spread over this many seconds (0: all at once, every camera's "
+                             "face then appears and is classified again at the same instant)")
     parser.add_argument("--frame-size", type=int, default=224, help="side of the (square) camera frames")
     parser.add_argument("--clip-model", default="ViT-B-32-quickgelu")
     parser.add_argument("--haar-frames", type=int, default=30, help="frames to time the Haar detector on (0: skip)")
@@ -157,7 +214,7 @@ def main() -> None:
     print(f"  ready after {time.perf_counter() - t0:.0f}s", flush=True)
     counts = [int(c) for c in args.cameras.split(",")]
     frames = int(args.fps * args.seconds * 1.5) + 10  # more than a run needs: runs end by time, not by file end
-    videos = write_cameras(workdir, max(counts), frames, args.frame_size)
+    videos = write_cameras(workdir, max(counts), frames, args.frame_size, args.fps)
     report = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                          f"{os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "model": f"{args.clip_model} + ResNet-18 + head, RANDOM weights", "runs": []}
@@ -168,7 +225,8 @@ def main() -> None:
         with FerClient(server.grpc_url) as client:  # warm up every model instance
             client.infer(draw_faces(8, 224)[0])
         for count in counts:
-            run = run_cameras(server.grpc_url, videos[:count], args.fps, args.seconds, args.batch_size, args.in_flight)
+            run = run_cameras(server.grpc_url, videos[:count], args.fps, args.seconds, args.batch_size, args.in_flight,
+                              args.reclassify_every, args.stagger)
             run["sustained"] = run["frames_dropped"] == 0 and run["p99_ms"] < 1000 and run["errors"] == 0
             report["runs"].append(run)
             print(json.dumps({k: v for k, v in run.items() if k != "server"}), flush=True)

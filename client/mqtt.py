@@ -103,7 +103,8 @@ class MqttPublisher:
         self.delivered = 0       # acknowledged by the broker
         self.dropped = 0         # refused: buffer full
         self.connects = 0
-        self.disconnects = 0
+        self.disconnects = 0     # the broker went away (our own disconnect at close() not counted)
+        self._closing = False
         self._dropping = 0       # drops in the current run of drops
         self.connected = False
         self.last_error = ""
@@ -139,7 +140,7 @@ class MqttPublisher:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._lock:
-            was = self.connected
+            was = self.connected and not self._closing
             self.connected = False
             if was:
                 self.disconnects += 1
@@ -214,6 +215,8 @@ class MqttPublisher:
     def close(self, timeout_s: float = 10.0) -> dict:
         """Flush (up to ``timeout_s``), disconnect, stop the network thread; returns :meth:`stats`."""
         self.flush(timeout_s)
+        with self._lock:
+            self._closing = True
         self._client.disconnect()
         self._client.loop_stop()
         return self.stats()

@@ -39,6 +39,8 @@ from fer_triton.client.ordering import FrameQueues, InOrder
 from fer_triton.client.results import (FaceOutcome, FrameOutcome, JsonLinesWriter, ProgressDisplay, StreamStats,
                                        format_summary)
 from fer_triton.client.servers import Backoff, ServerPool, is_retryable
+from fer_triton.client.smoothing import TrackEvents, smoother_factory
+from fer_triton.client.tracking import Classification, ReclassifyPolicy, TrackedFace, TrackedFrame, Tracking
 from fer_triton.client.sources import BadFrame, Frame, FrameSource, SourceOpenError, SourceSpec, open_source
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,12 @@ class StreamConfig:
     stall_timeout_s: float = 10.0   # a live camera without frames this long is reported stalled
     fps: float | None = None        # pace file sources like live cameras (they then get the drop policy)
     drain_timeout_s: float = 30.0   # after stop(): how long to finish what was already read
+    # Face tracks (tracking.py): None = off; "0" tracks and classifies every face, "10" every 10 frames,
+    # "2s" every 2 seconds (and when a box moves: IoU with the last classified box below reclassify_min_iou).
+    reclassify: str | None = None
+    reclassify_min_iou: float = 0.5
+    smooth: str = "ema:0.3"         # per-track smoothing (smoothing.py): none, ema:ALPHA, ema:HALF_LIFEs, window:N
+    track_lost_frames: int = 30     # a track unseen for more processed frames than this ends
 
     def check(self) -> None:
         for name in ("batch_size", "max_in_flight", "queue_frames", "detect_workers"):
@@ -74,6 +82,11 @@ class StreamConfig:
             raise ValueError(f"fps must be positive, not {self.fps}")
         if self.margin < 0:
             raise ValueError(f"margin must be >= 0, not {self.margin}")
+        if self.request_timeout_s <= 0:
+            raise ValueError(f"request_timeout_s must be positive, not {self.request_timeout_s}")
+        if self.reclassify is not None:
+            ReclassifyPolicy.parse(self.reclassify, self.reclassify_min_iou)
+            smoother_factory(self.smooth)
 
 
 @dataclass
@@ -87,7 +100,8 @@ class _FrameJob:
 class _FaceJob:
     frame: _FrameJob
     slot: int                        # index in frame.outcome.faces
-    crop: np.ndarray
+    crop: np.ndarray | None          # None for a face that carries its track's result
+    classification: Classification | None = None  # tracking: the track's classification this face is
     resolved: bool = False
 
 
@@ -98,6 +112,7 @@ class _Batch:
     attempts: int = 0
     last_error: str = ""
     done: bool = False               # resolved; its window slot is released
+    expired_on: set[str] = field(default_factory=set)  # servers whose deadline it passed: they may still compute it
     seq: int = field(default_factory=itertools.count().__next__)
 
 
@@ -106,6 +121,7 @@ class StreamSummary:
     stats: StreamStats
     servers: list[dict]
     interrupted: bool = False
+    stopped_by: str = "Ctrl-C"      # what stopped an interrupted run (the command sets SIGTERM when it was)
 
     @property
     def accounting(self):
@@ -113,7 +129,12 @@ class StreamSummary:
 
     def format(self) -> str:
         text = format_summary(self.stats, self.servers)
-        return ("stopped early (Ctrl-C): see 'unfinished'\n" if self.interrupted else "") + text
+        return (f"stopped early ({self.stopped_by}): see 'unfinished'\n" if self.interrupted else "") + text
+
+
+def _clock(frame: FrameOutcome) -> float:
+    """A frame's time in seconds for tracking: its position in a video file, else its wall-clock read time."""
+    return frame.position_ms / 1000.0 if frame.position_ms is not None else frame.timestamp
 
 
 class StreamPipeline:
@@ -123,6 +144,8 @@ class StreamPipeline:
     def __init__(self, sources: list[SourceSpec | FrameSource], urls: list[str] | str, model: str = "cafe", *,
                  config: StreamConfig | None = None, out: IO[str] | None = None,
                  on_frame: Callable[[FrameOutcome], None] | None = None,
+                 on_event: Callable[[dict], None] | None = None, uncertain=None, publish=None,
+                 metrics_listen: tuple[str, int] | None = None,
                  progress: IO[str] | None = None, table_every_s: float = 0.0,
                  detector: FaceDetector | None = None):
         self.config = config or StreamConfig()
@@ -157,16 +180,64 @@ class StreamPipeline:
         self._last_frame: dict[str, float] = {}
         self.writer: JsonLinesWriter | None = None
         self.info = None  # the served model's ModelInfo, once run() has reached a server
+        self._on_event, self.uncertain, self._publish = on_event, uncertain, publish
+        self._tracking: Tracking | None = None
+        self._events: dict[str, TrackEvents] = {}   # per camera, made in run() (needs the served classes)
+        if self.config.reclassify is not None:
+            self._tracking = Tracking(cameras, self._after_tracking,
+                                      ReclassifyPolicy.parse(self.config.reclassify, self.config.reclassify_min_iou),
+                                      lost_after_frames=self.config.track_lost_frames)
+        self.metrics = None
+        self._metrics_listen = metrics_listen
+        if metrics_listen is not None:  # prometheus_client: only with --metrics-port (the stream extra)
+            from fer_triton.extras import require
+
+            require("stream", "prometheus_client", what="stream metrics (metrics_listen)")
+            from fer_triton.client.stream_metrics import StreamMetrics
+
+            tracking = self._tracking
+            self.metrics = StreamMetrics(
+                self.stats, servers=lambda: self.pool.servers,
+                tracks=tracking.live_tracks if tracking is not None else None,
+                classifications=(lambda: (dict(tracking.classified), dict(tracking.carried))) if tracking else None)
 
     # ---- outcomes -------------------------------------------------------------------------
     def _emit(self, outcome: FrameOutcome) -> None:
+        """One frame leaves the pipeline (per camera in frame order, under InOrder's lock)."""
+        if self._tracking is not None:
+            self._smooth(outcome)
         self.stats.record(outcome)
+        if self.metrics is not None:
+            for face in outcome.faces:
+                if face.error is None and not face.unfinished and face.latency_ms is not None:
+                    self.metrics.observe_face(outcome.camera, face.latency_ms)
         if self.writer is not None:
             self.writer.frame(outcome)
         if self._on_frame is not None:
             self._on_frame(outcome)
+        if self._on_event is not None:
+            for event in outcome.events:
+                self._on_event(event)
 
-    def _finish_frame(self, job: _FrameJob, status: str, message: str = "") -> None:
+    def _smooth(self, outcome: FrameOutcome) -> None:
+        """Smoothed probabilities of each tracked face, and the track events of this frame."""
+        events = self._events[outcome.camera]
+        for face in outcome.faces:
+            if face.track is None:
+                continue
+            ok = face.error is None and not face.unfinished
+            smoothed = events.face(outcome.index, outcome.timestamp, face.track, face.box,
+                                   face.probabilities if ok else None, face.fresh, _clock(outcome))
+            face.smoothed, face.smoothed_label = smoothed.smoothed, smoothed.label
+            outcome.events.extend(smoothed.events)
+        for track in outcome.ended_tracks:
+            end = events.end(track, "lost", outcome.timestamp)
+            if end is not None:
+                outcome.events.append(end)
+
+    def _finish_frame(self, job: _FrameJob, status: str, message: str = "", *, tracked: bool = False) -> None:
+        if self._tracking is not None and not tracked:  # a frame the tracker never sees: do not wait for it
+            self._tracking.skip(job.outcome.camera, job.outcome.index)
         job.outcome.status, job.outcome.message = status, message
         self._in_order.done(job.outcome)
 
@@ -180,8 +251,28 @@ class StreamPipeline:
                 setattr(outcome, name, value)
             face.frame.remaining -= 1
             complete = face.frame.remaining == 0
+        if face.classification is not None:  # outside the lock: the faces carrying it resolve through here
+            face.classification.resolve(probabilities=fields.get("probabilities"), label=fields.get("label"),
+                                        error=fields.get("error"), unfinished=fields.get("unfinished", False),
+                                        server=fields.get("server"))
         if complete:
             self._in_order.done(face.frame.outcome)
+
+    def _carry(self, face: _FaceJob, source: Classification) -> None:
+        """Resolve a face that carries its track's classification ``source`` (now resolved)."""
+        if source.unfinished:
+            self._resolve_face(face, unfinished=True)
+        elif source.error is not None:
+            self._resolve_face(face, error=f"carried from frame {source.frame}: {source.error}")
+        else:
+            self._resolve_face(face, probabilities=source.probabilities, label=source.label, server=source.server,
+                               latency_ms=(time.monotonic() - face.frame.read_t) * 1000)
+
+    def _record_event(self, event: dict) -> None:
+        if self.writer is not None:
+            self.writer.record(event)
+        if self._on_event is not None:
+            self._on_event(event)
 
     # ---- readers ---------------------------------------------------------------------------
     def _read_camera(self, item: SourceSpec | FrameSource) -> None:
@@ -218,11 +309,19 @@ class StreamPipeline:
             if source is not None:
                 source.close()
         self.stats.set_status(camera, status)
-        if self.writer is not None:  # written after the camera's last frame, so it really is the end
-            event = "source_error" if status.startswith("failed") else "stalled" if status.startswith(
-                "stalled") else "ended"
-            self._in_order.close(camera, self.stats.cameras[camera].frames_read,
-                                 lambda: self.writer.event(camera, event, status))
+        event = "source_error" if status.startswith("failed") else "stalled" if status.startswith(
+            "stalled") else "ended"
+
+        def closed() -> None:  # after the camera's last frame, so it really is the end
+            if self._tracking is not None:
+                self._tracking.finish(camera)
+                reason = "stopped" if status == "stopped" else "camera " + event.replace("source_error", "failed")
+                for end in self._events[camera].end_all(reason, time.time()):
+                    self._record_event(end)
+            if self.writer is not None:
+                self.writer.event(camera, event, status)
+
+        self._in_order.close(camera, self.stats.cameras[camera].frames_read, closed)
 
     def _accept(self, event: Frame | BadFrame, drop: str | None) -> None:
         camera = event.camera
@@ -264,24 +363,45 @@ class StreamPipeline:
                 continue
             self.stats.add_timing("detect", (time.perf_counter() - t0) * 1000)
             frame.image = None  # free the full frame early: only crops travel on
-            if not boxes:
-                self._finish_frame(job, "no_face")
+            if self._tracking is not None:  # in frame order per camera, then _after_tracking
+                self._tracking.frame(frame.camera, frame.index, _clock(job.outcome), boxes, (job, crops))
+            else:
+                self._start_faces(job, boxes, crops)
+
+    def _after_tracking(self, tracked: TrackedFrame) -> None:
+        job, crops = tracked.payload
+        job.outcome.ended_tracks = tracked.ended
+        self._start_faces(job, [f.box for f in tracked.faces], crops, tracked.faces)
+
+    def _start_faces(self, job: _FrameJob, boxes, crops, tracked: list[TrackedFace] | None = None) -> None:
+        """Queue a frame's fresh faces for the server; carried faces wait for their track's classification."""
+        if not boxes:
+            self._finish_frame(job, "no_face", tracked=tracked is not None)
+            return
+        job.outcome.status = "faces"
+        job.outcome.faces = [FaceOutcome(box) for box in boxes]
+        if tracked is not None:
+            for out, face in zip(job.outcome.faces, tracked):
+                out.track, out.fresh = face.track, face.fresh
+                out.classified_frame = face.source.frame
+        job.remaining = len(boxes)
+        self.stats.add(job.outcome.camera, faces=len(boxes))
+        for slot, crop in enumerate(crops):
+            track = tracked[slot] if tracked is not None else None
+            if track is not None and not track.fresh:
+                face = _FaceJob(job, slot, None)
+                track.source.then(lambda source, face=face: self._carry(face, source))
                 continue
-            job.outcome.status = "faces"
-            job.outcome.faces = [FaceOutcome(box) for box in boxes]
-            job.remaining = len(boxes)
-            self.stats.add(frame.camera, faces=len(boxes))
-            for slot, crop in enumerate(crops):
-                face = _FaceJob(job, slot, crop)
-                while True:
-                    if self._aborted.is_set():
-                        self._resolve_face(face, unfinished=True)
-                        break
-                    try:
-                        self._faces.put(face, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+            face = _FaceJob(job, slot, crop, track.source if track is not None else None)
+            while True:
+                if self._aborted.is_set():
+                    self._resolve_face(face, unfinished=True)
+                    break
+                try:
+                    self._faces.put(face, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
 
     # ---- sending ---------------------------------------------------------------------------
     def _next_batch(self) -> _Batch | None:
@@ -297,6 +417,12 @@ class StreamPipeline:
             except queue.Empty:
                 break
         return _Batch(faces)
+
+    def _run_sender(self, done: threading.Event) -> None:
+        try:
+            self._send_loop()
+        finally:
+            done.set()
 
     def _due_retry(self) -> _Batch | None:
         with self._lock:
@@ -331,9 +457,9 @@ class StreamPipeline:
             self._fail_batch(batch, f"gave up after {now - batch.first_sent:.0f}s and {batch.attempts} attempts; "
                                     f"last error: {batch.last_error}")
             return
-        server = self.pool.pick()
-        if server is None:  # every server is benched: wait for the first to come back
-            self._retry_later(batch, self.pool.next_ready_in())
+        server = self.pool.pick(exclude=batch.expired_on)
+        if server is None:  # every server it may go to is benched: wait for the first to come back
+            self._retry_later(batch, self.pool.next_ready_in(exclude=batch.expired_on))
             return
         if batch.first_sent is None:
             batch.first_sent = now
@@ -364,9 +490,17 @@ class StreamPipeline:
             return
         if error is None:
             self.pool.succeeded(server)
-            self.stats.add_timing("request", (time.perf_counter() - started) * 1000)
+            request_ms = (time.perf_counter() - started) * 1000
+            self.stats.add_timing("request", request_ms)
+            if self.metrics is not None:
+                self.metrics.observe_request(server.url, request_ms)
             now = time.monotonic()
             for face, probs, label in zip(batch.faces, output.probabilities, output.labels):
+                if self.uncertain is not None and face.crop is not None:
+                    frame = face.frame.outcome
+                    self.uncertain.offer(face.crop, probs, camera=frame.camera, frame=frame.index,
+                                         track=frame.faces[face.slot].track, timestamp=frame.timestamp,
+                                         t=_clock(frame))
                 self._resolve_face(face, probabilities=probs, label=label, server=server.url,
                                    latency_ms=(now - face.frame.read_t) * 1000)
             self._release(batch)
@@ -375,9 +509,17 @@ class StreamPipeline:
         log.info("request of %d faces to %s failed (%s): %s", len(batch.faces), server.url, error.status, error)
         if is_retryable(error):
             self.pool.failed(server, error)
-            self.stats.count_retry()
+            expired = error.status == "StatusCode.DEADLINE_EXCEEDED"
+            if expired:  # the server may still be computing this batch: never send it there again
+                batch.expired_on.add(server.url)
             if not self._aborted.is_set():
-                self._retry_later(batch, 0.0)  # pick() skips the benched server: failover is immediate
+                if expired and not self.pool.has_other(batch.expired_on):
+                    self._fail_batch(batch, f"no answer within the request timeout "
+                                            f"({self.config.request_timeout_s:g} s) from {server.url}, which may "
+                                            f"still be computing it; not sent again (raise --request-timeout)")
+                    return
+                self.stats.count_retry()
+                self._retry_later(batch, 0.0)  # pick() skips benched and expired servers: failover is immediate
                 return
         self._fail_batch(batch, str(error))
 
@@ -466,23 +608,36 @@ class StreamPipeline:
         server without site models.
         """
         info = self.info = self.pool.info(wait_s=self.config.connect_wait_s)
+        if self._tracking is not None:
+            make = smoother_factory(self.config.smooth)
+            self._events = {c: TrackEvents(c, info.classes, make) for c in self.stats.cameras}
         sites = sorted({s for s in self._sites.values() if s})
         if sites:
             self._check_sites(sites)
         self._batch_size = min(self.config.batch_size, info.max_batch_size or self.config.batch_size)
-        if self._out is not None:
-            self.writer = JsonLinesWriter(self._out, info.classes)
+        if self._out is not None or self._publish is not None:
+            self.writer = JsonLinesWriter(self._out, info.classes, publish=self._publish)
+        metrics_server = None
+        if self._metrics_listen is not None:
+            from fer_triton.client.stream_metrics import MetricsServer
+
+            metrics_server = MetricsServer(self.metrics.registry, *self._metrics_listen)
+            self.metrics_url = metrics_server.url
+            log.info("metrics at %s", metrics_server.url)
         progress = (ProgressDisplay(self.stats, self._progress_out, table_every_s=self._table_every_s)
                     if self._progress_out is not None else None)
         readers = [threading.Thread(target=self._read_camera, args=(s,), name=f"read-{s.camera}", daemon=True)
                    for s in self.sources]
         workers = [threading.Thread(target=self._detect_loop, args=(info.wire_size,), name=f"detect-{i}", daemon=True)
                    for i in range(self.config.detect_workers)]
-        sender = threading.Thread(target=self._send_loop, name="send", daemon=True)
+        sender_done = threading.Event()
+        sender = threading.Thread(target=self._run_sender, args=(sender_done,), name="send", daemon=True)
         for thread in [*readers, *workers, sender]:
             thread.start()
         interrupted, stopped_at = False, None
-        while sender.is_alive():
+        # Not `while sender.is_alive(): sender.join(0.1)`: a KeyboardInterrupt landing inside Thread.join
+        # (Python 3.11, 3.12) marks the still-running thread as finished, and the loop would end at once.
+        while not sender_done.is_set():
             try:
                 if all(not t.is_alive() for t in readers):
                     self._readers_done.set()
@@ -497,18 +652,24 @@ class StreamPipeline:
                 self._watch_stalls()
                 if progress:
                     progress.tick(self._in_flight())
-                sender.join(0.1)
-            except KeyboardInterrupt:  # first Ctrl-C: finish what was read; second: give up on it
+                sender_done.wait(0.1)
+            except KeyboardInterrupt:  # library use without StopSignals: first Ctrl-C stops, second gives up
                 interrupted = True
                 if self._stopping.is_set():
                     self.abort()
                 else:
                     self.stop()
-        for thread in workers:
-            thread.join(5)
-        for thread in readers:
-            thread.join(1)
+        try:
+            for thread in workers:
+                thread.join(5)
+            for thread in readers:
+                thread.join(1)
+        except KeyboardInterrupt:  # a late Ctrl-C still ends with every frame accounted for
+            interrupted = True
+            self.abort()
         self._sweep()
+        if metrics_server is not None:
+            metrics_server.close()
         if progress:
             progress.tick(0, force=True)
             progress.finish()

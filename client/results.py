@@ -29,6 +29,14 @@ class FaceOutcome:
     latency_ms: float | None = None            # frame read -> result received
     server: str | None = None
     unfinished: bool = False
+    # With tracking (StreamConfig.reclassify set): the face's track, whether its result is a fresh
+    # classification or carried over from the track's classification at ``classified_frame``, and the
+    # track's smoothed probabilities FLOAT64 [7] / label after this face.
+    track: int | None = None
+    fresh: bool = True
+    classified_frame: int | None = None
+    smoothed: np.ndarray | None = None
+    smoothed_label: str | None = None
 
 
 @dataclass
@@ -41,6 +49,8 @@ class FrameOutcome:
     message: str = ""
     faces: list[FaceOutcome] = field(default_factory=list)
     site: str | None = None          # the camera's site (SITE/CAM=...): its faces were served by its head
+    ended_tracks: list[int] = field(default_factory=list)   # tracks that ended with this frame (tracking)
+    events: list[dict] = field(default_factory=list)        # track events, written after the frame's lines
 
 
 def _percentile(values, q: float) -> float | None:
@@ -163,14 +173,21 @@ class JsonLinesWriter:
     and camera events (source errors, stream ends). Dropped frames are only counted. Lines of a
     camera mapped to a site carry ``"site": NAME`` (what ``fer-triton drift --site`` reads)."""
 
-    def __init__(self, out: IO[str], classes: tuple[str, ...]):
-        self.out, self.classes = out, classes
+    def __init__(self, out: IO[str] | None, classes: tuple[str, ...], publish=None):
+        self.out, self.classes, self.publish = out, classes, publish
         self._lock = threading.Lock()
 
     def _write(self, obj: dict) -> None:
         with self._lock:
-            self.out.write(json.dumps(obj) + "\n")
-            self.out.flush()
+            if self.out is not None:
+                self.out.write(json.dumps(obj) + "\n")
+                self.out.flush()
+            if self.publish is not None:  # e.g. MqttPublisher.publish: the same record, in the same order
+                self.publish(obj)
+
+    def record(self, obj: dict) -> None:
+        """Write one ready record (a track event)."""
+        self._write(obj)
 
     def frame(self, frame: FrameOutcome) -> None:
         if frame.status == "dropped":
@@ -182,9 +199,15 @@ class JsonLinesWriter:
             head["position_ms"] = round(frame.position_ms, 3)
         if frame.status in ("no_face", "bad_frame") or (frame.status == "unfinished" and not frame.faces):
             self._write(head | {"event": frame.status} | ({"error": frame.message} if frame.message else {}))
+            for event in frame.events:  # tracks lost on a frame without face end there
+                self._write(event)
             return
         for j, face in enumerate(frame.faces):
             line = head | {"face": j, "box": face.box.as_list()}
+            if face.track is not None:
+                line |= {"track": face.track, "fresh": face.fresh}
+                if not face.fresh and face.classified_frame is not None:
+                    line["classified_frame"] = face.classified_frame
             if face.unfinished:
                 line["event"] = "unfinished"
             elif face.error is not None:
@@ -193,7 +216,12 @@ class JsonLinesWriter:
                 line |= {"label": face.label,
                          "probabilities": {c: round(float(p), 7) for c, p in zip(self.classes, face.probabilities)},
                          "latency_ms": round(face.latency_ms, 3), "server": face.server}
+                if face.smoothed is not None:
+                    line |= {"smoothed_label": face.smoothed_label,
+                             "smoothed": {c: round(float(p), 7) for c, p in zip(self.classes, face.smoothed)}}
             self._write(line)
+        for event in frame.events:
+            self._write(event)
 
     def event(self, camera: str, event: str, message: str) -> None:
         self._write({"camera": camera, "event": event, "message": message, "timestamp": round(time.time(), 6)})

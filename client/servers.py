@@ -125,20 +125,25 @@ class ServerPool:
         self._info = first
         return first
 
-    def pick(self) -> Server | None:
+    def pick(self, exclude: set[str] | frozenset[str] = frozenset()) -> Server | None:
+        """The next server in turn that is not benched and whose URL is not in ``exclude``; None if none is."""
         now = time.monotonic()
         with self._lock:
             for step in range(len(self.servers)):
                 server = self.servers[(self._next + step) % len(self.servers)]
-                if server.benched_until <= now:
+                if server.benched_until <= now and server.url not in exclude:
                     self._next = (self._next + step + 1) % len(self.servers)
                     return server
         return None
 
-    def next_ready_in(self) -> float:
-        """Seconds until some server comes off the bench (0 if one is usable now)."""
+    def has_other(self, exclude: set[str] | frozenset[str]) -> bool:
+        """Whether some server's URL is not in ``exclude`` (benched or not)."""
+        return any(s.url not in exclude for s in self.servers)
+
+    def next_ready_in(self, exclude: set[str] | frozenset[str] = frozenset()) -> float:
+        """Seconds until some server not in ``exclude`` comes off the bench (0 if one is usable now)."""
         now = time.monotonic()
-        return max(0.0, min(s.benched_until for s in self.servers) - now)
+        return max(0.0, min((s.benched_until for s in self.servers if s.url not in exclude), default=now) - now)
 
     def succeeded(self, server: Server) -> None:
         with server.lock:

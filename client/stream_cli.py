@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
 import click
 
 from fer_triton.options import max_pixels_option, verbose_option
-
-
-def _raise_interrupt(*_):
-    raise KeyboardInterrupt
 
 
 @click.command()
@@ -39,14 +34,29 @@ def _raise_interrupt(*_):
               help="Seconds a failing request is retried (backoff, other servers) before its faces are errors.")
 @click.option("--stall-timeout", default=10.0, show_default=True, help="Seconds without a frame = stalled camera.")
 @click.option("--connect-wait", default=10.0, show_default=True, help="Seconds to wait for a server at start.")
+@click.option("--request-timeout", default=30.0, show_default=True,
+              help="Seconds a request may take. One that expires is not sent to the same server again (it may "
+                   "still be computing it): another server gets it, or its faces become errors.")
+@click.option("--reclassify-every", "reclassify", metavar="N|Ns",
+              help="Track faces (ByteTrack) and classify a track again every N frames or N seconds (2s), or when "
+                   "its box moves; other faces carry the track's last result. 0: track, classify every face.")
+@click.option("--smooth", default="ema:0.3", show_default=True,
+              help="Per-track smoothing with tracking: none, ema:ALPHA, ema:HALF_LIFEs (2s), window:N.")
+@click.option("--save-uncertain", type=click.Path(path_type=Path, file_okay=False),
+              help="Save faces the model is unsure of (and a few it is sure of) with DIR/labels.csv to label for "
+                   "`fer-triton retrain --data DIR/labels.csv`.")
+@click.option("--metrics-port", metavar="[HOST:]PORT",
+              help="Serve Prometheus metrics per camera at http://HOST:PORT/metrics (HOST default 127.0.0.1).")
+@click.option("--mqtt", metavar="URL", help="Also publish every record to an MQTT broker: "
+                                            "mqtt://HOST[:PORT][/PREFIX] (topics PREFIX/CAMERA, QoS 1).")
 @click.option("--progress/--no-progress", default=None, help="Live status line on stderr (default: on a terminal).")
 @click.option("--stats-every", default=0.0, show_default=True,
               help="Also print the per-camera table (faces/s, p50/p99, drops) every N seconds (0: only at the end).")
 @verbose_option
 @max_pixels_option
 def stream(sources, urls, model, output, detector, min_face, margin, batch_size, max_wait_ms, in_flight,
-           queue_frames, live_drop, fps, detect_workers, retry_timeout, stall_timeout, connect_wait, progress,
-           stats_every, verbose):
+           queue_frames, live_drop, fps, detect_workers, retry_timeout, stall_timeout, connect_wait, request_timeout,
+           reclassify, smooth, save_uncertain, metrics_port, mqtt, progress, stats_every, verbose):
     """Stream SOURCES through the served model and write one JSON line per face.
 
     A SOURCE is [ID=]LOCATION: a folder or image file, a video file, a stream URL OpenCV opens
@@ -62,29 +72,61 @@ def stream(sources, urls, model, output, detector, min_face, margin, batch_size,
     from fer_triton.client.pipeline import StreamConfig, StreamPipeline
     from fer_triton.client.servers import NoServerError
     from fer_triton.client.sources import parse_sources
+    from fer_triton.client.stopping import StopSignals
+    from fer_triton.extras import require
 
     try:
         specs = parse_sources(list(sources))
         config = StreamConfig(batch_size=batch_size, max_wait_ms=max_wait_ms, max_in_flight=in_flight,
                               queue_frames=queue_frames, live_drop=live_drop, detector=detector, min_face=min_face,
                               margin=margin, detect_workers=detect_workers, retry_timeout_s=retry_timeout,
-                              stall_timeout_s=stall_timeout, fps=fps, connect_wait_s=connect_wait)
+                              stall_timeout_s=stall_timeout, fps=fps, connect_wait_s=connect_wait,
+                              request_timeout_s=request_timeout, reclassify=reclassify, smooth=smooth)
+        config.check()
+        # The stream extra's optional parts: named here, before anything starts, when one is missing.
+        for flag, given, module in (("--reclassify-every", reclassify, "supervision"), ("--mqtt", mqtt, "paho.mqtt"),
+                                    ("--metrics-port", metrics_port, "prometheus_client")):
+            if given is not None:
+                require("stream", module, what=f"fer-triton stream {flag}")
+        listen = None
+        if metrics_port is not None:
+            from fer_triton.client.stream_metrics import parse_listen
+
+            listen = parse_listen(metrics_port)
+        publisher = uncertain = None
+        if mqtt is not None:
+            from fer_triton.client.mqtt import MqttPublisher, MqttSettings
+
+            publisher = MqttPublisher(MqttSettings.from_url(mqtt))
         show_progress = (sys.stderr.isatty() or stats_every > 0) if progress is None else progress
         out = sys.stdout if str(output) == "-" else open(output, "w")
         try:
+            if save_uncertain is not None:
+                from fer_triton.client.collect import UncertainFaces
+                from fer_triton.labels import CLASSES
+
+                uncertain = UncertainFaces(save_uncertain, CLASSES)
             pipeline = StreamPipeline(specs, list(urls), model, config=config, out=out,
-                                      progress=sys.stderr if show_progress else None, table_every_s=stats_every)
-            previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
-            try:
+                                      progress=sys.stderr if show_progress else None, table_every_s=stats_every,
+                                      uncertain=uncertain, publish=publisher.publish if publisher else None,
+                                      metrics_listen=listen)
+            # Ctrl-C / SIGTERM: first stops reading, second gives up, third exits (client/stopping.py).
+            with StopSignals(pipeline.stop, pipeline.abort) as signals:
                 summary = pipeline.run()
-            finally:
-                signal.signal(signal.SIGTERM, previous)
+            summary.interrupted = summary.interrupted or signals.interrupted
+            if signals.first is not None:
+                summary.stopped_by = "Ctrl-C" if signals.first == "SIGINT" else signals.first
         finally:
             if out is not sys.stdout:
                 out.close()
-    except (ValueError, DetectorUnavailable, NoServerError, FerServerError) as exc:
+            if publisher is not None:
+                publisher.close(timeout_s=10)
+    except (ValueError, OSError, DetectorUnavailable, NoServerError, FerServerError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary.format(), err=True)
+    for extra in (publisher, uncertain):
+        if extra is not None:
+            click.echo(extra.summary(), err=True)
     if pipeline.info is not None and pipeline.info.random_weights:
         click.echo("WARNING: the served model uses RANDOM CLIP weights: labels are meaningless.", err=True)
     total = summary.accounting

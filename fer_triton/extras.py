@@ -35,7 +35,8 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "gpu-configs": ("", None),
     "build-trt": ("", None),  # needs TensorRT or trtexec, which no extra provides (it says so itself)
     "check-precision": ("export", ("onnxruntime",)),
-    "stream": ("stream", None),
+    # Tracking, MQTT and metrics (supervision, paho, prometheus_client) are checked by the options that use them.
+    "stream": ("stream", ("cv2",)),
     "export": ("export", None),
     "serve": ("server", None),
     "demo": ("export,server", None),
