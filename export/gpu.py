@@ -11,6 +11,15 @@ config.pbtxt is the same for every flavour.
     tensorrt   tensorrt_plan for the CLIP encoder and the mask net (model.plan, built on the serving
                host by `fer-triton build-trt`); preprocess and head stay on onnxruntime
 
+Stale TensorRT engines: ONNX Runtime's TensorRT accelerator names a cached engine
+``TensorrtExecutionProvider_TRTKernel_graph_<graph name>_<id>_...`` where ``<id>`` hashes the model's
+*file name* (always model.onnx here), its input and node-output names and the ORT/CUDA/TensorRT
+versions, never the weights (``TRTGenerateId`` in ORT's tensorrt_execution_provider_utils.h). Every
+version of a model re-exported or fine-tuned from the same architecture gets the same id, and Triton
+gives a model one ``trt_engine_cache_path`` for all its versions. So every model.onnx fer-triton
+writes carries a hash of its own contents in its graph name (:func:`stamp_weights_hash`): a new
+export or a new published version can never load another one's engine.
+
 Preprocess (a few element-wise ops on UINT8) and the head (one 512x7 layer) stay on onnxruntime in
 every variant: TensorRT gains nothing there, and a head version published by `retrain` (a new
 model.onnx) then serves at once, with no engine to build.
@@ -23,6 +32,8 @@ hosts unchanged.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +57,69 @@ TRT_STAGES = REDUCED_STAGES
 PLAN_FILENAME = "model.plan"
 # A named set (e.g. "t4") sizes the variants for one GPU type: configs/gpu_t4.pbtxt, model_t4.plan.
 SET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+# ONNX Runtime's CUDA EP benchmarks every cuDNN convolution algorithm (EXHAUSTIVE) for each new input
+# shape: with a dynamic batcher every new batch size stalls a request. "1" = HEURISTIC, the
+# (deprecated but still read) model-level key of Triton's onnxruntime backend README.
+CUDNN_CONV_ALGO_SEARCH = "1"
+# The graph-name suffix that carries the weights hash (16 hex digits of SHA-256).
+_WEIGHTS_TAG = re.compile(r"_w[0-9a-f]{16}$")
+
+
+def weights_digest(model) -> str:
+    """16 hex digits of SHA-256 over the ONNX ``model``'s serialised contents, its graph name left out
+    (so stamping is idempotent): any change of weights, nodes or opset changes it."""
+    name = model.graph.name
+    model.graph.name = ""
+    try:
+        data = model.SerializeToString(deterministic=True)
+    finally:
+        model.graph.name = name
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def stamp_weights_hash(path: str | Path) -> str:
+    """Give the ONNX graph at ``path`` the name ``<name>_w<weights digest>`` (rewritten in place, atomically,
+    only when it changes) and return it.
+
+    ONNX Runtime's TensorRT accelerator puts the graph name into its cached engines' file names and
+    nothing else of the weights (module docstring), so this makes every model.onnx unable to load an
+    engine built from other weights. The computation is unchanged: only the graph's name is.
+    Call it on every model.onnx written (``export_stage`` in export/onnx_export.py).
+    """
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    base = _WEIGHTS_TAG.sub("", model.graph.name) or "graph"
+    stamped = f"{base}_w{weights_digest(model)}"
+    if model.graph.name != stamped:
+        model.graph.name = stamped
+        tmp = path.with_name(path.name + ".stamp.tmp")
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    return stamped
+
+
+def version_dirs(model_dir: Path) -> list[Path]:
+    """The numeric version folders of a model folder, oldest first."""
+    return sorted((p for p in Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def stamp_repository(repository: str | Path, layout: RepositoryLayout = RepositoryLayout()) -> list[Path]:
+    """Stamp every version's model.onnx of the TensorRT stages (:func:`stamp_weights_hash`), e.g. a
+    repository exported before stamps existed; returns the files looked at. Idempotent."""
+    stamped = []
+    for stage in TRT_STAGES:
+        model_dir = Path(repository) / layout.stages[stage]
+        if not model_dir.is_dir():
+            continue
+        for version in version_dirs(model_dir):
+            if (version / "model.onnx").is_file():
+                stamp_weights_hash(version / "model.onnx")
+                stamped.append(version / "model.onnx")
+    return stamped
 
 
 def check_set_name(name: str) -> str:
@@ -75,7 +149,9 @@ class GPUOptions:
     queue_delay_us: int = 1000             # how long the batcher may hold a request to grow a batch
     instances: int = 1                     # model instances per GPU (2 overlaps copies and compute)
     gpus: tuple[int, ...] = ()             # empty: every visible GPU gets `instances` instances
-    trt_cache_path: str = "/tmp/fer-triton-trt-cache"   # must be writable in the container
+    # Writable in the container. ONNX Runtime creates only its LAST folder (std::filesystem::create_directory,
+    # not create_directories): its parent must exist there (/tmp does) or the model fails to load.
+    trt_cache_path: str = "/tmp/fer-triton-trt-cache"
     trt_workspace_bytes: int = 4 << 30
     head_versions: int = 2                 # keep the previous head and mask net loaded (instant rollback)
     default_variant: str = "gpu"           # config.pbtxt of a GPU-only repository
@@ -97,6 +173,9 @@ class GPUOptions:
                              f"{ensemble_max_batch_size}: raise --gpu-max-batch-size or lower --max-batch-size")
         if self.instances < 1 or self.queue_delay_us < 0 or self.head_versions < 1:
             raise ValueError("GPU instances and head versions must be >= 1 and the queue delay >= 0")
+        if not self.trt_cache_path.startswith("/") or self.trt_cache_path.rstrip("/") in ("", "/tmp"):
+            raise ValueError(f"--trt-cache-path must be an absolute folder of its own in the container (e.g. "
+                             f"/tmp/fer-triton-trt-cache), not {self.trt_cache_path!r}")
         if self.check_faces < 1 or not 0 <= self.min_top1_agreement <= 1 or self.max_prob_diff < 0:
             raise ValueError("precision check needs >= 1 face, a top-1 agreement in [0, 1] and a max |dp| >= 0")
 
@@ -113,6 +192,19 @@ class GPUOptions:
     def warmup_batch_sizes(self) -> list[int]:
         # 1 and opt make Triton build engines and CUDA kernels before the model reports ready.
         return sorted({1, self.opt_batch_size})
+
+
+def trt_cache_dir(opts: GPUOptions, name: str = "") -> str:
+    """The gpu_trt engine and timing cache folder: ``--trt-cache-path`` itself, ``<path>_<name>`` for a
+    named set (its own profile must not meet the default set's engines).
+
+    One level only, shared by every model and version: ONNX Runtime creates just the last folder, so a
+    ``<path>/<model>`` sub-folder failed to load whenever ``<path>`` was not mounted. Models and versions
+    cannot meet each other's engines there: each engine's name carries its graph's weights hash
+    (:func:`stamp_weights_hash`), its input and node names, precision and GPU compute capability.
+    """
+    root = opts.trt_cache_path.rstrip("/")
+    return f"{root}_{check_set_name(name)}" if name else root
 
 
 def _shape(name: str, batch: int, dims: list[int]) -> str:
@@ -155,10 +247,12 @@ def onnxruntime_config(stage: str, model_name: str, wire_size: int, num_classes:
     cfg = _base_config(stage, model_name, wire_size, num_classes, opts, opts.max_batch_size)
     cfg.platform = "onnxruntime_onnx"
     cfg.default_model_filename = "model.onnx"
+    # CUDA EP (the gpu variant, and every node TensorRT does not take): heuristic cuDNN algorithm choice,
+    # not an exhaustive benchmark on each new batch shape.
+    cfg.parameters["cudnn_conv_algo_search"].string_value = CUDNN_CONV_ALGO_SEARCH
     if trt_accelerator and stage in TRT_STAGES:
         inputs, _ = _signatures(wire_size, num_classes)[stage]
-        # One folder per model (and set): engines of different graphs or profiles never collide.
-        cache = f"{opts.trt_cache_path}/{model_name}" + (f"_{name}" if name else "")
+        cache = trt_cache_dir(opts, name)
         params = {
             "precision_mode": opts.precision.upper(),
             "max_workspace_size_bytes": str(opts.trt_workspace_bytes),
@@ -211,6 +305,7 @@ def write_gpu_configs(repository: str | Path, *, layout: RepositoryLayout = Repo
     opts.validate(ensemble_max_batch_size)
     check_set_name(name)
     repository = Path(repository)
+    stamp_repository(repository, layout)  # older exports: no engine cache may serve other weights
     written = []
     for stage, model_name in layout.stages.items():
         model_dir = repository / model_name
@@ -263,3 +358,49 @@ def add_gpu_configs(repository: str | Path, *, layout: RepositoryLayout = Reposi
     (probabilities,) = [o for o in ensemble.output if o.name == "probabilities"]
     return write_gpu_configs(repository, layout=layout, wire_size=faces.dims[0], num_classes=probabilities.dims[0],
                              ensemble_max_batch_size=ensemble.max_batch_size, opts=opts, name=name)
+
+
+# What build-trt records in a plan's config: the precision it was built in (Triton's TensorRT backend
+# reads only the parameters it knows; the config served over gRPC then says what the plan computes in).
+PLAN_PRECISION_PARAMETER = "fer_triton_plan_precision"
+
+
+def _get(d: dict, *keys: str):
+    """``d[key]`` under its proto name or its JSON camelCase name (tritonclient gives either)."""
+    for key in keys:
+        camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), key)
+        d = d.get(key, d.get(camel, {})) if isinstance(d, dict) else {}
+    return d
+
+
+@dataclass(frozen=True)
+class ServedEngine:
+    """What a loaded composing model runs on, read from the config the server reports for it (on a GPU
+    host: the variant ``--model-config-name`` selected)."""
+
+    model: str
+    engine: str                 # python | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt_plan | other
+    precision: str | None       # the precision its config names; None: the export's (python) or unrecorded
+    on_gpu: bool
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "ServedEngine":
+        """From a model config as a dict (``get_model_config(..., as_json=True)["config"]``, or
+        ``json_format.MessageToDict`` of a ModelConfig)."""
+        name = cfg.get("name", "")
+        platform, backend = cfg.get("platform", ""), cfg.get("backend", "")
+        params = {k: (v.get("string_value", v.get("stringValue", "")) if isinstance(v, dict) else str(v))
+                  for k, v in cfg.get("parameters", {}).items()}
+        groups = cfg.get("instance_group", cfg.get("instanceGroup", []))
+        on_gpu = any(g.get("kind", "KIND_GPU") in ("KIND_GPU", 1) for g in groups) if groups else False
+        if platform == "tensorrt_plan" or backend == "tensorrt":
+            return cls(name, "tensorrt_plan", params.get(PLAN_PRECISION_PARAMETER) or None, True)
+        if platform == "onnxruntime_onnx" or backend == "onnxruntime":
+            for accelerator in _get(cfg, "optimization", "execution_accelerators", "gpu_execution_accelerator") or []:
+                if accelerator.get("name") == "tensorrt":
+                    mode = accelerator.get("parameters", {}).get("precision_mode", "FP32")
+                    return cls(name, "onnxruntime-tensorrt", str(mode).lower(), True)
+            return cls(name, "onnxruntime-cuda" if on_gpu else "onnxruntime-cpu", "fp32" if on_gpu else None, on_gpu)
+        if backend == "python":
+            return cls(name, "python", None, False)
+        return cls(name, "other", None, on_gpu)

@@ -27,7 +27,9 @@ CONFIG_OPTIONS = [
     click.option("--gpu-queue-delay-us", type=int, default=1000, show_default=True,
                  help="Longest time the GPU batcher holds a request to form a bigger batch."),
     click.option("--trt-cache-path", default=GPUOptions.trt_cache_path, show_default=True,
-                 help="Writable folder in the serving container for TensorRT engine and timing caches."),
+                 help="Writable folder in the serving container for gpu_trt's TensorRT engine and timing caches "
+                      "(one for all models; a named set uses <path>_<name>). Its parent must exist there: ONNX "
+                      "Runtime creates only the last folder."),
 ]
 
 
@@ -103,17 +105,23 @@ def gpu_configs(repository, name, prefix, **gpu):
 @click.option("--name", default="", help="Build for the GPU config set of this name (`gpu-configs --name`): "
               "model_<name>.plan and configs/tensorrt_<name>.pbtxt.")
 @click.option("--prefix", default="cafe", show_default=True, help="Model name prefix in the repository.")
-def build_trt(repository, profile, precision, builder, name, prefix):
+@click.option("--serving-tensorrt", default=None, metavar="X.Y|any",
+              help="TensorRT version of the Triton container that loads the plans (default: the one "
+                   "docs/gpu.md names); the build is refused when the builder's differs. 'any' skips the check.")
+def build_trt(repository, profile, precision, builder, name, prefix, serving_tensorrt):
     """Build TensorRT plans for the CLIP encoder and mask net (run on the GPU host that serves them)."""
     from fer_triton.export.repository import RepositoryLayout
-    from fer_triton.export.tensorrt import (Profile, TensorRTBuildError, TensorRTUnavailableError,
-                                            build_plans)
+    from fer_triton.export.tensorrt import (SERVING_TENSORRT, Profile, TensorRTBuildError, TensorRTUnavailableError,
+                                            TensorRTVersionError, build_plans)
 
+    serving = SERVING_TENSORRT if serving_tensorrt is None else ("" if serving_tensorrt == "any" else serving_tensorrt)
     try:
         parsed = Profile.parse(profile)
         plans = build_plans(repository, layout=RepositoryLayout(prefix), profile=parsed, precision=precision,
-                            builder=builder, name=name, on_built=lambda p: click.echo(f"built {p}"))
-    except (TensorRTUnavailableError, TensorRTBuildError, FileNotFoundError, ValueError) as exc:
+                            builder=builder, name=name, on_built=lambda p: click.echo(f"built {p}"),
+                            serving_tensorrt=serving)
+    except (TensorRTUnavailableError, TensorRTBuildError, TensorRTVersionError, FileNotFoundError,
+            ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     variant = "tensorrt" + (f"_{name}" if name else "")
     click.echo(f"{len(plans)} plan(s) built ({precision}, batch {profile}); serve with --model-config-name={variant}, "

@@ -144,6 +144,11 @@ def export_stage(spec: StageSpec, path: Path, *, batch: int = 3, atol: float = D
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     onnx.checker.check_model(str(path))
+    # TensorRT engine caches key on names, not weights: a graph name with a weights hash keeps every
+    # version and re-export from hitting another's engine (export/gpu.py).
+    from fer_triton.export.gpu import stamp_weights_hash
+
+    stamp_weights_hash(path)
 
     # Validate on a different batch size than the trace, to prove the batch axis is dynamic.
     check = spec.sample(batch + 2, gen)

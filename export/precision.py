@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_triton.export.onnx_chain import OnnxChain, latest_onnx  # noqa: F401 (export/tensorrt.py imports it here)
+from fer_triton.export.onnx_chain import OnnxChain, latest_onnx  # noqa: F401 (re-exported)
 from fer_triton.export.precision_names import REDUCED_STAGES, precision
 from fer_triton.export.repository import RepositoryLayout, read_ensemble_config
 from fer_triton.metrics import DEFAULT_MIN_TOP1_AGREEMENT, max_abs_diff, top1_agreement
@@ -137,3 +137,103 @@ def check_served(url: str, repository: str | Path, faces: np.ndarray, *, model: 
         served = client.infer_all(faces).probabilities
     return compare(reference, served, f"served model '{model}' at {url}",
                    min_top1_agreement=min_top1_agreement, max_prob_diff=max_prob_diff)
+
+
+# Least to most lossy: a chain is as imprecise as its least precise stage.
+_LOSS_ORDER = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class ServedPrecision:
+    """The precision the server computes the CLIP encoder and mask net in, and how that was found."""
+
+    precision: str             # fp32 | fp16 | int8
+    on_gpu: bool               # FP32 on GPU kernels (TF32 possible) gets a looser bound than on the CPU
+    source: str                # what said so, for logs and errors
+
+    @property
+    def tolerance(self) -> float:
+        from fer_triton.export.precision_names import verify_tolerance
+
+        return verify_tolerance(self.precision, on_gpu=self.on_gpu and self.precision == "fp32")
+
+    def describe(self) -> str:
+        where = " on GPU" if self.on_gpu else ""
+        return f"{self.precision.upper()}{where} ({self.source})"
+
+
+STRICT_FP32 = ServedPrecision("fp32", False, "nothing recorded: strict FP32 check")
+
+
+def combine_served(engines: list, metadata: dict) -> ServedPrecision:
+    """The served precision from the :class:`~fer_triton.export.gpu.ServedEngine` of each TensorRT stage
+    and the ensemble's export ``metadata`` (its ``precision``: the CPU flavour's graphs).
+
+    A python-backend stage runs the exported graphs (``metadata["precision"]``, FP32 when absent); a
+    TensorRT plan whose build precision is not recorded counts as FP16 (build-trt's and the docs'
+    default). With no engine known, the strict FP32 check applies.
+    """
+    found = []
+    for engine in engines:
+        if engine.engine in ("python", "onnxruntime-cpu", "other"):
+            found.append((metadata.get("precision", "fp32"), False, f"{engine.model}: {engine.engine}"))
+        elif engine.engine == "tensorrt_plan" and engine.precision is None:
+            found.append(("fp16", True, f"{engine.model}: TensorRT plan, build precision not recorded, assumed FP16"))
+        else:
+            found.append((engine.precision or "fp32", engine.on_gpu,
+                          f"{engine.model}: {engine.engine} {(engine.precision or 'fp32').upper()}"))
+    if not found:
+        recorded = metadata.get("precision")
+        return ServedPrecision(recorded, False, "export metadata") if recorded in _LOSS_ORDER else STRICT_FP32
+    worst = max(_LOSS_ORDER.index(p) for p, _, _ in found)
+    return ServedPrecision(_LOSS_ORDER[worst], any(g for _, g, _ in found), "; ".join(s for _, _, s in found))
+
+
+def served_precision(client, layout: RepositoryLayout | None = None) -> ServedPrecision:
+    """What ``client``'s server runs the CLIP encoder and mask net in: read from the configs it reports
+    for those models (on a GPU host the variant ``--model-config-name`` selected) and the ensemble's
+    export metadata. Models it cannot read (fused layout, an old server) are left out; with none the
+    strict FP32 check applies."""
+    from tritonclient.utils import InferenceServerException
+
+    from fer_triton.export.gpu import TRT_STAGES, ServedEngine
+
+    layout = layout or RepositoryLayout(client.model)
+    metadata = client.info().metadata
+    names = [layout.backbone] if metadata.get("layout") == "fused" else [layout.stages[s] for s in TRT_STAGES]
+    engines = []
+    for name in names:
+        try:
+            cfg = client.triton.get_model_config(name, headers=client.headers, as_json=True)["config"]
+        except (InferenceServerException, KeyError) as exc:
+            log.debug("cannot read the config of %s: %s", name, exc)
+            continue
+        engines.append(ServedEngine.from_config(cfg))
+    return combine_served(engines, metadata)
+
+
+@dataclass(frozen=True)
+class PublishCheck:
+    """The served probabilities vs the new model's on the same faces, at the served precision's bound."""
+
+    what: str
+    served: ServedPrecision
+    faces: int
+    top1_agreement: float
+    max_prob_diff: float
+
+    @property
+    def passed(self) -> bool:
+        return self.top1_agreement == 1.0 and self.max_prob_diff <= self.served.tolerance
+
+    def summary(self) -> str:
+        return (f"served vs new {self.what} on {self.faces} held-out faces, server at {self.served.describe()}: "
+                f"top-1 agreement {self.top1_agreement:.0%} (need 100%), max |dp| {self.max_prob_diff:.3g} "
+                f"(allowed {self.served.tolerance:.0e})")
+
+
+def check_published(served: np.ndarray, expected: np.ndarray, precision_served: ServedPrecision,
+                    what: str) -> PublishCheck:
+    """Compare served and expected [N, classes] probabilities after a publish (see PublishCheck)."""
+    agreement = top1_agreement(expected, served) if np.isfinite(served).all() else 0.0
+    return PublishCheck(what, precision_served, len(expected), agreement, max_abs_diff(expected, served))

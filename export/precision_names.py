@@ -10,6 +10,12 @@ A reduced precision (fp16, int8) applies to :data:`REDUCED_STAGES`; preprocess a
 is held to the top-1 agreement bar (:data:`fer_triton.metrics.DEFAULT_MIN_TOP1_AGREEMENT`) and to its
 own largest probability difference from FP32 (``max_prob_diff`` below).
 
+After a publish (``fer-triton retrain``), the served probabilities are compared with the new model's
+own (FP32, computed on the client). That check allows the *served* precision's
+``verify_max_prob_diff`` (:func:`verify_tolerance`) and needs every top-1 class to agree: an FP16
+TensorRT engine already moves probabilities by about 1.5e-4 (the CPU simulation), more than the FP32
+bound of 1e-4, and GPU FP32 engines (cuDNN/cuBLAS with TF32, TensorRT FP32) by more than the CPU.
+
 Every list of precision names (command-line choices, option checks, benchmark variants) is derived
 from :data:`PRECISIONS` with :func:`supported_by`.
 """
@@ -31,15 +37,20 @@ class Precision:
     name: str
     engines: tuple[str, ...]            # the engines of ENGINES that run it
     max_prob_diff: float | None         # default largest |p - p_fp32| at export; None for fp32 (atol applies)
+    # Largest |p_served - p_new| a publish accepts when the server runs this precision (top-1 must agree too).
+    # Far below max_prob_diff: it must still tell the new model from the one it replaces.
+    verify_max_prob_diff: float = 1e-4
 
 
 PRECISIONS: tuple[Precision, ...] = (
-    Precision("fp32", (ONNXRUNTIME_CPU, TENSORRT), None),
+    Precision("fp32", (ONNXRUNTIME_CPU, TENSORRT), None, 1e-4),
     # FP16 rounding moves probabilities by about 1e-4 (ViT-B/32, docs/gpu.md).
-    Precision("fp16", (TENSORRT,), 0.02),
+    # The publish check: ~30x the 1.5e-4 measured in the CPU simulation, for TensorRT's own kernels.
+    Precision("fp16", (TENSORRT,), 0.02, 5e-3),
     # INT8 moves them by about 4e-3 (ViT-B/32 with random weights, 128 drawn faces, docs/benchmarks.md);
     # trained models are more confident and move more near their decision boundaries.
-    Precision("int8", (ONNXRUNTIME_CPU,), 0.05),
+    # Dynamic quantisation scales activations per batch: the same face moves with its batch-mates.
+    Precision("int8", (ONNXRUNTIME_CPU,), 0.05, 2e-2),
 )
 _BY_NAME = {p.name: p for p in PRECISIONS}
 
@@ -56,6 +67,18 @@ def precision(name: str) -> Precision:
     if name not in _BY_NAME:
         raise ValueError(f"precision must be one of {tuple(_BY_NAME)}, not {name!r}")
     return _BY_NAME[name]
+
+
+# FP32 on a GPU (the gpu variant's CUDA kernels, TensorRT FP32): cuDNN/cuBLAS and TensorRT use TF32
+# tensor cores by default on Ampere and later, which round matmul inputs to 10 mantissa bits.
+GPU_FP32_VERIFY_MAX_PROB_DIFF = 1e-3
+
+
+def verify_tolerance(name: str, *, on_gpu: bool = False) -> float:
+    """Largest |p_served - p_new| the publish check allows when the server runs precision ``name``
+    (``on_gpu``: FP32 on GPU kernels, which may use TF32). ValueError for an unknown name."""
+    tolerance = precision(name).verify_max_prob_diff
+    return max(tolerance, GPU_FP32_VERIFY_MAX_PROB_DIFF) if on_gpu else tolerance
 
 
 CPU_PRECISIONS = supported_by(ONNXRUNTIME_CPU)      # ("fp32", "int8")

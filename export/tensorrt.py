@@ -4,11 +4,16 @@ A plan is tied to the GPU model and the TensorRT version that built it, so it is
 served: inside NVIDIA's Triton container (which ships trtexec and TensorRT), never shipped from here.
 Uses TensorRT's Python API when ``import tensorrt`` works, else ``trtexec``. One optimisation profile
 covers batch min/opt/max (default 1/32/256); FP16 by default.
+
+Every version the config's version policy keeps loaded gets its plan (the mask net keeps two:
+Triton fails the whole model when one version does not load), and the builder's TensorRT version must
+match the serving container's (:data:`SERVING_TENSORRT`): a plan from another TensorRT does not load.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -16,8 +21,8 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from fer_triton.export.gpu import PRECISIONS, TRT_STAGES, config_name, plan_filename
-from fer_triton.export.precision import latest_onnx
+from fer_triton.export.gpu import (PLAN_PRECISION_PARAMETER, PRECISIONS, TRT_STAGES, config_name, plan_filename,
+                                   version_dirs)
 from fer_triton.export.repository import RepositoryLayout, _signatures, config_text, parse_config, read_ensemble_config
 
 log = logging.getLogger(__name__)
@@ -28,6 +33,16 @@ TRTEXEC_LOCATIONS = ("/usr/src/tensorrt/bin/trtexec", "/opt/tensorrt/bin/trtexec
 CONTAINER_HINT = ("Build plans on the GPU host that serves them, with the TensorRT version of the Triton container "
                   "that loads them: e.g. in nvcr.io/nvidia/tensorrt:24.10-py3 for nvcr.io/nvidia/tritonserver:24.10-py3 "
                   "(docs/gpu.md shows the trtexec commands), or on a GPU host with the matching `pip install tensorrt`")
+
+
+# The Triton container docs/gpu.md names, and the TensorRT it ships (NVIDIA's support matrix:
+# 24.10 -> TensorRT 10.5). A plan loads only in the TensorRT major.minor that built it.
+SERVING_CONTAINER = "nvcr.io/nvidia/tritonserver:24.10-py3"
+SERVING_TENSORRT = "10.5"
+
+
+class TensorRTVersionError(RuntimeError):
+    """The builder's TensorRT is not the serving container's: its plans would not load there."""
 
 
 class TensorRTUnavailableError(RuntimeError):
@@ -66,6 +81,46 @@ class Profile:
 class Builder:
     kind: str            # "python" or "trtexec"
     trtexec: str | None = None
+
+
+def parse_trtexec_version(text: str) -> str | None:
+    """'10.5' from trtexec's banner ``[TensorRT v100500]`` (TensorRT 10+: MMmmpp) or ``[TensorRT v8601]``
+    (TensorRT 8: Mmpp); None when absent."""
+    found = re.search(r"TensorRT v(\d+)", text)
+    if not found:
+        return None
+    digits = found.group(1)
+    if len(digits) >= 6:
+        return f"{int(digits[:-4])}.{int(digits[-4:-2])}"
+    return f"{int(digits[0])}.{int(digits[1])}" if len(digits) >= 2 else None
+
+
+def builder_version(builder: Builder) -> str | None:
+    """The TensorRT major.minor ``builder`` builds with (``tensorrt.__version__`` or trtexec's banner)."""
+    if builder.kind == "python":
+        import tensorrt
+
+        return ".".join(tensorrt.__version__.split(".")[:2])
+    try:
+        done = subprocess.run([builder.trtexec, "--help"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_trtexec_version(done.stdout + done.stderr)
+
+
+def check_tensorrt_version(found: str | None, serving: str = SERVING_TENSORRT) -> None:
+    """Refuse a builder whose TensorRT major.minor is not ``serving`` (the container's); ``serving`` ""
+    skips the check. Raises TensorRTVersionError naming both."""
+    if not serving:
+        return
+    if found is None:
+        raise TensorRTVersionError(f"cannot tell this builder's TensorRT version; the serving container needs "
+                                   f"TensorRT {serving}: pass --serving-tensorrt any to build anyway")
+    if found.split(".")[:2] != serving.split(".")[:2]:
+        raise TensorRTVersionError(
+            f"this builder has TensorRT {found}, the serving container TensorRT {serving} ({SERVING_CONTAINER} "
+            f"ships {SERVING_TENSORRT}): its plans would not load there. Build in the matching "
+            f"nvcr.io/nvidia/tensorrt container, or pass --serving-tensorrt X.Y for another serving release")
 
 
 def _gpu_problem() -> str | None:
@@ -182,17 +237,33 @@ def _plan_config(path: Path, profile: Profile) -> mc.ModelConfig:
     return cfg
 
 
+def kept_versions(model_dir: Path, cfg: mc.ModelConfig) -> list[Path]:
+    """The version folders (holding a model.onnx) that ``cfg``'s version policy loads, oldest first:
+    Triton fails the model if any of them lacks its plan."""
+    versions = [v for v in version_dirs(model_dir) if (v / "model.onnx").is_file()]
+    policy = cfg.version_policy.WhichOneof("policy_choice")
+    if policy == "all":
+        return versions
+    if policy == "specific":
+        wanted = set(cfg.version_policy.specific.versions)
+        return [v for v in versions if int(v.name) in wanted]
+    keep = cfg.version_policy.latest.num_versions if policy == "latest" else 1
+    return versions[-max(keep, 1):]
+
+
 def _ensemble_max_batch(repository: Path, layout: RepositoryLayout) -> int:
     return read_ensemble_config(repository, layout).max_batch_size
 
 
 def build_plans(repository: str | Path, *, layout: RepositoryLayout = RepositoryLayout(),
                 profile: Profile = Profile(), precision: str = "fp16", builder: str = "auto",
-                name: str = "", on_built=None) -> list[Path]:
-    """Build a plan beside the latest model.onnx of each TensorRT stage and fit configs/tensorrt.pbtxt
-    (configs/tensorrt_<name>.pbtxt and model_<name>.plan for a named GPU config set) to the profile.
+                name: str = "", on_built=None, serving_tensorrt: str = SERVING_TENSORRT) -> list[Path]:
+    """Build a plan beside every model.onnx the TensorRT stages' version policy keeps loaded (both mask-net
+    versions with ``latest 2``) and fit configs/tensorrt.pbtxt (configs/tensorrt_<name>.pbtxt and
+    model_<name>.plan for a named GPU config set) to the profile, recording the plan precision in it.
 
-    Checks the repository, then that TensorRT and a GPU are present, before writing anything.
+    Checks the repository, then that TensorRT and a GPU are present and that the builder's TensorRT is
+    ``serving_tensorrt`` ("" skips that), before writing anything.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"TensorRT precision must be one of {PRECISIONS}, not {precision!r}")
@@ -207,20 +278,29 @@ def build_plans(repository: str | Path, *, layout: RepositoryLayout = Repository
         how = (f"`fer-triton gpu-configs --name {name}`" if name
                else "`fer-triton export --target both` (or `--target gpu`, or `fer-triton gpu-configs`)")
         raise FileNotFoundError(f"{missing[0]} is missing: write the GPU configs first with {how}")
-    sources = {stage: latest_onnx(repository / layout.stages[stage]) for stage in TRT_STAGES}
+    fitted = {stage: _plan_config(configs[stage], profile) for stage in TRT_STAGES}
+    for config in fitted.values():
+        config.parameters[PLAN_PRECISION_PARAMETER].string_value = precision
+    sources = {stage: kept_versions(repository / layout.stages[stage], fitted[stage]) for stage in TRT_STAGES}
+    empty = [layout.stages[stage] for stage, versions in sources.items() if not versions]
+    if empty:
+        raise FileNotFoundError(f"{repository / empty[0]} has no version folder with a model.onnx")
     found = find_builder(builder)
+    check_tensorrt_version(builder_version(found), serving_tensorrt)
     signatures = _signatures(224, 7)  # the TensorRT stages' tensors do not depend on wire size or classes
     built = []
-    for stage, onnx_path in sources.items():
+    for stage, versions in sources.items():
         inputs = [(tensor, dims) for tensor, _, dims in signatures[stage][0]]
-        config = _plan_config(configs[stage], profile)
-        plan_path = onnx_path.with_name(config.default_model_filename or plan_filename(name))
-        if found.kind == "python":
-            _build_with_python_api(onnx_path, plan_path, inputs, profile, precision)
-        else:
-            _build_with_trtexec(found, onnx_path, plan_path, inputs, profile, precision)
+        config = fitted[stage]
+        for version in versions:
+            onnx_path = version / "model.onnx"
+            plan_path = onnx_path.with_name(config.default_model_filename or plan_filename(name))
+            if found.kind == "python":
+                _build_with_python_api(onnx_path, plan_path, inputs, profile, precision)
+            else:
+                _build_with_trtexec(found, onnx_path, plan_path, inputs, profile, precision)
+            built.append(plan_path)
+            if on_built:
+                on_built(plan_path)
         configs[stage].write_text(config_text(config))
-        built.append(plan_path)
-        if on_built:
-            on_built(plan_path)
     return built

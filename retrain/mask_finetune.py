@@ -77,15 +77,42 @@ class FineTunedMask:
     history: list[dict] = field(default_factory=list)   # per epoch: loss, ce, div, sep, accuracy
 
 
-def check_layout(meta: dict, model: str) -> None:
+def served_mask_engine(client: FerClient, layout):
+    """The :class:`~fer_triton.export.gpu.ServedEngine` of the mask net ``client``'s server has loaded (on
+    a GPU host: the ``--model-config-name`` variant), or None when its config cannot be read."""
+    from tritonclient.utils import InferenceServerException
+
+    from fer_triton.export.gpu import ServedEngine
+
+    try:
+        cfg = client.triton.get_model_config(layout.stages["mask_net"], headers=client.headers, as_json=True)
+    except InferenceServerException:
+        return None
+    return ServedEngine.from_config(cfg["config"])
+
+
+def check_layout(meta: dict, model: str, mask_engine=None) -> None:
     """Only the staged FP32 layout has a mask-net model of its own to publish a version of
-    (``meta``: the served ensemble's fer_triton metadata)."""
+    (``meta``: the served ensemble's fer_triton metadata), and only an engine that loads a new
+    model.onnx by itself can serve it (``mask_engine``: the served mask net's ServedEngine, see
+    :func:`served_mask_engine`).
+
+    A server on the ``tensorrt`` variant runs ``model.plan`` files that only ``fer-triton build-trt`` on
+    the serving host makes: a new version M+1 with only its model.onnx would fail to load, so this
+    refuses before any work. Raises MaskFineTuneError naming what to do instead.
+    """
     if meta.get("layout", "staged") != "staged" or meta.get("precision", "fp32") != "fp32":
         raise MaskFineTuneError(
             f"the server's '{model}' runs the {meta.get('layout')} layout at {meta.get('precision')} "
             "precision; --fine-tune-mask publishes a new FP32 mask-net version and needs the staged FP32 layout. "
             "Fine-tune with --no-publish --fine-tune-mask (it saves the fine-tuned checkpoint) and export that "
             "checkpoint with `fer-triton export` instead")
+    if mask_engine is not None and mask_engine.engine == "tensorrt_plan":
+        raise MaskFineTuneError(
+            f"the server's '{model}' runs the mask net as a TensorRT plan (--model-config-name=tensorrt*): a new "
+            "mask-net version needs its model.plan built on the serving host, which retrain cannot do, and Triton "
+            "would fail to load it. Fine-tune with --no-publish --fine-tune-mask, export the saved checkpoint, run "
+            "`fer-triton build-trt` on the serving host, or serve the gpu / gpu_trt variant to publish mask nets")
 
 
 def resolve_checkpoint(option: Path | None, client: FerClient, masks: StageVersions, serving: int) -> Path:

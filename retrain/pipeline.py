@@ -17,6 +17,7 @@ import numpy as np
 
 from fer_triton import __version__
 from fer_triton.client import FerClient
+from fer_triton.export.precision import check_published, served_precision
 from fer_triton.export.repository import RepositoryLayout
 from fer_triton.model import Preprocess
 from fer_triton.retrain.compare import Comparison, compare_heads
@@ -24,7 +25,7 @@ from fer_triton.retrain.drift import MIN_SAMPLE, REFERENCE_FILE, DriftReference,
 from fer_triton.retrain.features import extract_features
 from fer_triton.retrain.fit import LinearHead, fit_head
 from fer_triton.retrain.mask_finetune import (FineTunedMask, MaskFineTuneOptions, check_layout, check_matches_served,
-                                              fine_tune_mask, load_mask_net, resolve_checkpoint)
+                                              fine_tune_mask, load_mask_net, resolve_checkpoint, served_mask_engine)
 from fer_triton.retrain.publish import PublishError, StageVersions, check_serving, publish_head, read_head
 from fer_triton.retrain.replicas import Fleet
 from fer_triton.retrain.report import write_report
@@ -240,7 +241,8 @@ class _MaskTuner:
 
     @classmethod
     def prepare(cls, fleet: Fleet, masks: StageVersions, options: MaskFineTuneOptions) -> "_MaskTuner":
-        check_layout(fleet.first.info().metadata, fleet.model)
+        for client in fleet.clients:  # every replica: one serving TensorRT plans could not load M+1
+            check_layout(client.info().metadata, fleet.model, served_mask_engine(client, masks.layout))
         return cls(fleet.first, masks, check_serving(fleet, masks), options)
 
     def check(self, faces: np.ndarray) -> None:
@@ -281,10 +283,12 @@ def _publish(fleet: Fleet, heads, masks, head: LinearHead, masked_features: np.n
     check = held[:8]
 
     def served_equals_new_model(client: FerClient):
-        served = client.infer(faces[check]).probabilities
-        diff = float(np.abs(served - new_probabilities[check]).max())
-        if diff > 1e-4:
-            raise PublishError(f"the served probabilities differ from the new {what}'s by {diff:.3g}")
+        # The bound is the served precision's (FP16 TensorRT moves probabilities by ~1.5e-4 on its own).
+        result = check_published(client.infer(faces[check]).probabilities, new_probabilities[check],
+                                 served_precision(client, heads.layout), what)
+        log.info("publish check at %s: %s", client.url, result.summary())
+        if not result.passed:
+            raise PublishError(f"the served model is not the new {what}: {result.summary()}")
 
     info = {"fer_triton": __version__, "site_data": str(site.source), "images": len(site),
             "held_out": comparison.held_out, "init": options.init, "l2": options.l2,
@@ -313,10 +317,11 @@ def _publish_site(fleet: Fleet, sites: Sites, site: str, head: LinearHead, maske
     check = held[:8]
 
     def served_equals_new_head(client: FerClient):
-        served = client.infer(faces[check], sites=site).probabilities
-        diff = float(np.abs(served - new_probabilities[check]).max())
-        if diff > 1e-4:
-            raise PublishError(f"the served probabilities of site '{site}' differ from its new head's by {diff:.3g}")
+        result = check_published(client.infer(faces[check], sites=site).probabilities, new_probabilities[check],
+                                 served_precision(client, masks.layout), f"head of site '{site}'")
+        log.info("publish check at %s: %s", client.url, result.summary())
+        if not result.passed:
+            raise PublishError(f"the served model is not site '{site}'s new head: {result.summary()}")
 
     try:
         mask_net_version = masks.newest()
