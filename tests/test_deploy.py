@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import re
 import time
+import urllib.error
 import urllib.request
 from fractions import Fraction
 from pathlib import Path
@@ -629,7 +630,16 @@ def test_kserve_container_and_pod_parts_validate_as_kubernetes_types(version):
 # -- gRPC load balancing as docs/kubernetes.md shows it ---------------------------------------------
 
 def _served_requests(server) -> int:
-    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    # Triton may open its metrics port a moment after it reports ready: retry briefly on a refused connection.
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+            break
+        except urllib.error.URLError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     match = re.search(r'^nv_inference_request_success\{model="cafe",version="1"\} (\d+)', text, flags=re.M)
     return int(match.group(1)) if match else 0
 
