@@ -58,11 +58,22 @@ def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
+def _replica_addresses(addresses: list[str]) -> list[str]:
+    """One address per replica: a dual-stack pod has an A and an AAAA record (IPv4 kept), and a name
+    that only means this machine (localhost: 127.0.0.1 and ::1) is one server, not a fleet ([])."""
+    parsed = [ipaddress.ip_address(a) for a in addresses]
+    if all(ip.is_loopback for ip in parsed):
+        return []
+    v4 = [a for a, ip in zip(addresses, parsed) if ip.version == 4]
+    return v4 or addresses
+
+
 def expand_urls(urls: Iterable[str], resolver: Resolver = system_resolver) -> list[str]:
     """HOST:PORT addresses, one per replica: a name resolving to several addresses gives each of them.
 
-    IP addresses, and names with one address, stay as given. Repeats are dropped. Raises FleetError
-    for a malformed address, a name that does not resolve, or no address at all.
+    IP addresses, names with one address and names of this machine (localhost) stay as given; a name
+    with IPv4 and IPv6 records counts its IPv4 ones (dual-stack pods have both). Repeats are dropped.
+    Raises FleetError for a malformed address, a name that does not resolve, or no address at all.
     """
     out: list[str] = []
     for url in urls:
@@ -71,7 +82,7 @@ def expand_urls(urls: Iterable[str], resolver: Resolver = system_resolver) -> li
             ipaddress.ip_address(host)
             expanded = [url]
         except ValueError:
-            addresses = resolver(host, port)
+            addresses = _replica_addresses(resolver(host, port))
             expanded = [url] if len(addresses) <= 1 else [_join(a, port) for a in addresses]
         out += [u for u in expanded if u not in out]
     if not out:

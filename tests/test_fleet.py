@@ -116,10 +116,14 @@ def test_binding_beyond_loopback_without_a_key_warns(repository_copy):
 # -- replicas ---------------------------------------------------------------------------------------
 
 def test_expand_urls_gives_one_address_per_replica():
-    records = {"triton-headless": ["10.1.0.4", "10.1.0.5", "fd00::7"], "one": ["10.2.0.1"]}
+    records = {"triton-headless": ["10.1.0.4", "fd00::4", "10.1.0.5", "fd00::5"], "one": ["10.2.0.1"],
+               "v6-only": ["fd00::7", "fd00::8"], "localhost": ["::1", "127.0.0.1"]}
     resolver = lambda host, port: records[host]  # noqa: E731  (a stand-in for DNS, which this sandbox lacks)
     assert expand_urls(["triton-headless:8001", "127.0.0.1:9001", "one:8001", "10.1.0.5:8001"], resolver) == [
-        "10.1.0.4:8001", "10.1.0.5:8001", "[fd00::7]:8001", "127.0.0.1:9001", "one:8001"]
+        "10.1.0.4:8001", "10.1.0.5:8001", "127.0.0.1:9001", "one:8001"]  # dual-stack pods counted once
+    assert expand_urls(["v6-only:8001"], resolver) == ["[fd00::7]:8001", "[fd00::8]:8001"]
+    assert expand_urls(["localhost:8001"], resolver) == ["localhost:8001"]  # this machine: one server
+    assert expand_urls(["localhost:8001"]) == ["localhost:8001"]  # the real resolver agrees
     with pytest.raises(FleetError, match="is not HOST:PORT"):
         expand_urls(["triton-headless"], resolver)
     with pytest.raises(FleetError, match="cannot resolve"):
