@@ -99,6 +99,8 @@ class FerClient:
     these and ``keepalive_options`` (``tritonclient.grpc.KeepAliveOptions``) and ``channel_args``
     (gRPC channel options, replacing tritonclient's defaults) are passed to
     ``tritonclient.grpc.InferenceServerClient`` unchanged.
+    ``shared_memory=True``: faces go through Triton's system shared memory instead of the gRPC message
+    (a server on this host only; ``shm_regions`` requests in flight at once; client/shared_memory.py).
     Raises FerServerError from calls the server refuses or cannot be reached for.
     """
 
@@ -106,7 +108,8 @@ class FerClient:
                  verbose: bool = False, timeout_s: float | None = 60.0, headers: dict[str, str] | None = None,
                  ssl: bool = False, root_certificates: str | None = None, private_key: str | None = None,
                  certificate_chain: str | None = None, creds=None, keepalive_options=None,
-                 channel_args: list[tuple] | None = None, site: str | None = None):
+                 channel_args: list[tuple] | None = None, site: str | None = None, shared_memory: bool = False,
+                 shm_regions: int = 4):
         self.url = url
         self.model = model
         self.site = site
@@ -118,9 +121,26 @@ class FerClient:
             certificate_chain=certificate_chain, creds=creds, keepalive_options=keepalive_options,
             channel_args=channel_args)
         self._info: ModelInfo | None = None
+        self._shm_wanted, self._shm_regions, self._shm = shared_memory, shm_regions, None
 
     def close(self) -> None:
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
         self._client.close()
+
+    def _shm_pool(self):
+        """The shared-memory regions (created at the first request; sized for max_batch_size faces)."""
+        if self._shm is None:
+            from fer_triton.client.shared_memory import SharedMemoryError, ShmPool
+
+            info = self.info()
+            size = max(1, info.max_batch_size) * info.wire_size * info.wire_size * 3
+            try:
+                self._shm = ShmPool(self._client, size, self._shm_regions, headers=self.headers)
+            except SharedMemoryError as exc:
+                raise FerServerError(f"{self.url}: {exc}") from exc
+        return self._shm
 
     def __enter__(self) -> "FerClient":
         return self
@@ -205,15 +225,25 @@ class FerClient:
         return sites
 
     def _request(self, faces: np.ndarray, with_features: bool, sites: list[str] | None = None):
+        """(inputs, outputs, shared-memory region to release after the answer, or None)."""
         inp = grpcclient.InferInput("faces", list(faces.shape), "UINT8")
-        inp.set_data_from_numpy(np.ascontiguousarray(faces))
+        region = None
+        if self._shm_wanted:
+            region = self._shm_pool().acquire(faces, self.timeout_s)
+            inp.set_shared_memory(region.name, faces.nbytes)
+        else:
+            inp.set_data_from_numpy(np.ascontiguousarray(faces))
         inputs = [inp]
         if sites is not None:
             site = grpcclient.InferInput("site", [len(sites), 1], "BYTES")
             site.set_data_from_numpy(np.array([s.encode("utf-8") for s in sites], dtype=np.object_).reshape(-1, 1))
             inputs.append(site)
         names = ["probabilities", "logits"] + (["masked_features"] if with_features else [])
-        return inputs, [grpcclient.InferRequestedOutput(n) for n in names]
+        return inputs, [grpcclient.InferRequestedOutput(n) for n in names], region
+
+    def _release(self, region) -> None:
+        if region is not None and self._shm is not None:
+            self._shm.release(region)
 
     def _target(self, sites: list[str] | None) -> str:
         return self.model if sites is None else self.sites_model
@@ -237,13 +267,15 @@ class FerClient:
         """
         self.check_batch(faces)
         sites = self._sites(faces, sites)
-        inputs, outputs = self._request(faces, with_features, sites)
+        inputs, outputs, region = self._request(faces, with_features, sites)
         model = self._target(sites)
         try:
             result = self._client.infer(model, inputs, self.model_version, outputs=outputs,
                                         request_id=request_id, headers=self.headers, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise _server_error(exc, f"inference on {model!r} at {self.url} failed") from exc
+        finally:
+            self._release(region)
         return self._output(result)
 
     def submit(self, faces: np.ndarray, callback, *, with_features: bool = False, request_id: str = "",
@@ -253,10 +285,11 @@ class FerClient:
         raise FerInputError at once."""
         self.check_batch(faces)
         sites = self._sites(faces, sites)
-        inputs, outputs = self._request(faces, with_features, sites)
+        inputs, outputs, region = self._request(faces, with_features, sites)
         model = self._target(sites)
 
         def done(result, error):
+            self._release(region)
             if error is not None:
                 callback(None, _server_error(error, f"inference on {model!r} at {self.url} failed"))
             else:
@@ -266,6 +299,7 @@ class FerClient:
             self._client.async_infer(model, inputs, done, self.model_version, outputs=outputs,
                                      request_id=request_id, headers=self.headers, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
+            self._release(region)
             raise _server_error(exc, f"inference on {model!r} at {self.url} failed") from exc
 
     def check_sites(self, sites: list[str]) -> None:

@@ -111,3 +111,36 @@ def test_client_sends_headers_model_version_and_speaks_tls(tiny_repository, tiny
         assert np.abs(client.infer(faces).probabilities - expected).max() < 1e-4
     with FerClient(secure.grpc_url, timeout_s=5) as plain, pytest.raises(FerServerError):
         plain.info()  # a plaintext client cannot talk to the TLS endpoint
+
+
+def test_faces_through_system_shared_memory_equal_the_grpc_path(triton_server, tiny_checkpoint):
+    """FerClient(shared_memory=True): the pixels travel in /dev/shm, the answers are the same."""
+    import threading
+
+    faces, _ = draw_faces(9, 224, seed=6)
+    with FerClient(triton_server.grpc_url) as plain, \
+            FerClient(triton_server.grpc_url, shared_memory=True, shm_regions=2) as shm:
+        expected = plain.infer(faces).probabilities
+        np.testing.assert_array_equal(shm.infer(faces).probabilities, expected)
+        np.testing.assert_array_equal(shm.infer(faces[:3]).probabilities, expected[:3])  # a region reused, smaller
+        assert np.abs(expected - pytorch_probabilities(tiny_checkpoint, faces)).max() < 1e-4
+        regions = shm.triton.get_system_shared_memory_status(as_json=True)["regions"]
+        assert len(regions) == 2 and all(int(r["byte_size"]) == 64 * 224 * 224 * 3 for r in regions.values())
+        # More requests in flight than regions: each waits for a region, none is overwritten mid-request.
+        answers, done = {}, threading.Event()
+
+        def callback(i):
+            def on_answer(out, error):
+                answers[i] = error or out.probabilities
+                if len(answers) == 6:
+                    done.set()
+            return on_answer
+
+        for i in range(6):
+            shm.submit(faces[i:i + 3], callback(i))
+        assert done.wait(60)
+        for i in range(6):
+            np.testing.assert_array_equal(answers[i], expected[i:i + 3])
+    with FerClient(triton_server.grpc_url) as after:  # closing unregistered the regions
+        status = after.triton.get_system_shared_memory_status(as_json=True).get("regions", {})
+        assert not status
