@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -84,17 +83,13 @@ class BenchConfig:
 def _checkpoint(cfg: BenchConfig, echo: Callable[[str], None]) -> Path:
     if cfg.checkpoint is not None:
         return Path(cfg.checkpoint)
-    from fer_triton.checkpoint import CAFECheckpoint, build_untrained
+    from fer_triton.benchmarks.random_model import save_random_checkpoint
 
     clip_model = MODEL_SIZES[cfg.model_size]
     path = Path(cfg.workdir) / f"cafe_{cfg.model_size}_random.pt"
     if not path.is_file():
         echo(f"building a random-weight CAFE model ({clip_model} + ResNet-18): speed only, never accuracy")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model, init = build_untrained(clip_model, None, seed=cfg.seed)
-        CAFECheckpoint.from_model(model, clip_model=clip_model, clip_pretrained=None, mask_net_init=init,
-                                  meta={"trained": False, "source": "fer-triton bench"}).save(path)
+        save_random_checkpoint(path, clip_model, source="fer-triton bench", seed=cfg.seed)
     return path
 
 

@@ -19,7 +19,6 @@ import shutil
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 
@@ -34,9 +33,7 @@ def main() -> None:
 
     from fer_triton.admin_key import new_key
     from fer_triton.benchmarks.machine import describe
-    from fer_triton.checkpoint import CAFECheckpoint, build_untrained
-    from fer_triton.clip_loader import TINY_CLIP_MODEL  # noqa: F401 - registers the tiny config
-    from fer_triton.export.exporter import export_checkpoint
+    from fer_triton.benchmarks.random_model import export_random_repository
     from fer_triton.retrain.fit import LinearHead
     from fer_triton.retrain.pair_publish import rollback
     from fer_triton.retrain.publish import StageVersions, publish_head
@@ -46,13 +43,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="fer-triton-publish-"))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model, init = build_untrained(args.clip_model, None)
-        checkpoint = CAFECheckpoint.from_model(model, clip_model=args.clip_model, clip_pretrained=None,
-                                               mask_net_init=init).save(work / "cafe.pt")
-        repository = work / "model_repository"
-        export_checkpoint(checkpoint, repository)
+        repository = export_random_repository(work, args.clip_model, source="publish_time")
         key, rows = new_key(), []
         rng = np.random.default_rng(0)
         faces, _ = draw_faces(8, 224, seed=0)

@@ -19,7 +19,6 @@ import json
 import platform
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 
@@ -33,8 +32,7 @@ def main() -> None:
     parser.add_argument("--mask-epochs", type=int, default=3)
     args = parser.parse_args()
 
-    from fer_triton.checkpoint import CAFECheckpoint, build_untrained
-    from fer_triton.export.exporter import export_checkpoint
+    from fer_triton.benchmarks.random_model import CHECKPOINT_NAME, export_random_repository
     from fer_triton.retrain.mask_finetune import MaskFineTuneOptions
     from fer_triton.retrain.pipeline import RetrainOptions, retrain
     from fer_triton.server import TritonServer, free_port
@@ -44,12 +42,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True)
     setup = {}
     t = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, init = build_untrained(args.clip_model, None)
-    checkpoint = CAFECheckpoint.from_model(model, clip_model=args.clip_model, clip_pretrained=None,
-                                           mask_net_init=init, meta={"trained": False}).save(args.workdir / "cafe.pt")
-    repository = export_checkpoint(checkpoint, args.workdir / "model_repository").repository
+    repository = export_random_repository(args.workdir, args.clip_model, source="retrain_time")
     setup["build + export (not part of retrain)"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -63,7 +56,7 @@ def main() -> None:
     setup["server start (not part of retrain)"] = time.perf_counter() - t
     try:
         t = time.perf_counter()
-        mask = MaskFineTuneOptions(checkpoint=checkpoint, epochs=args.mask_epochs,
+        mask = MaskFineTuneOptions(checkpoint=args.workdir / CHECKPOINT_NAME, epochs=args.mask_epochs,
                                    save_checkpoint=args.workdir / "fine_tuned.pt") if args.fine_tune_mask else None
         result = retrain(site, server.grpc_url, repository,
                          options=RetrainOptions(batch_size=args.batch_size, progress=True,

@@ -17,7 +17,6 @@ import shutil
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 
@@ -29,23 +28,16 @@ def main() -> None:
     args = parser.parse_args()
 
     from fer_triton.benchmarks.machine import describe
-    from fer_triton.checkpoint import CAFECheckpoint, build_untrained
+    from fer_triton.benchmarks.random_model import export_random_repository
     from fer_triton.client import FerClient
-    from fer_triton.clip_loader import TINY_CLIP_MODEL  # noqa: F401 - registers the tiny config
-    from fer_triton.export.exporter import export_checkpoint
     from fer_triton.server import TritonServer, free_port
     from fer_triton.synthetic import draw_faces
 
     work = Path(tempfile.mkdtemp(prefix="fer-triton-shm-"))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model, init = build_untrained(args.clip_model, None)
-        checkpoint = CAFECheckpoint.from_model(model, clip_model=args.clip_model, clip_pretrained=None,
-                                               mask_net_init=init).save(work / "cafe.pt")
-        export_checkpoint(checkpoint, work / "repo")
+        repository = export_random_repository(work, args.clip_model, source="shared_memory")
         faces, _ = draw_faces(args.batch_size, 224, seed=0)
-        with TritonServer(work / "repo", grpc_port=free_port(), http_port=free_port(),
+        with TritonServer(repository, grpc_port=free_port(), http_port=free_port(),
                           metrics_port=free_port()) as server, \
                 FerClient(server.grpc_url) as grpc, FerClient(server.grpc_url, shared_memory=True) as shm:
             times = {"gRPC message": [], "system shared memory": []}

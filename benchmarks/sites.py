@@ -31,7 +31,6 @@ import shutil
 import statistics
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -89,9 +88,8 @@ def main() -> None:
 
     from fer_triton.benchmarks import memory, metrics
     from fer_triton.benchmarks.machine import cpu_model
-    from fer_triton.checkpoint import CAFECheckpoint, build_untrained
+    from fer_triton.benchmarks.random_model import export_random_repository
     from fer_triton.client import FerClient
-    from fer_triton.export.exporter import export_checkpoint
     from fer_triton.retrain.fit import LinearHead
     from fer_triton.retrain.sites import Sites
     from fer_triton.server import TritonServer, free_port
@@ -100,12 +98,7 @@ def main() -> None:
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     clip_model = MODEL_SIZES[args.model_size]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, init = build_untrained(clip_model, None)
-    checkpoint = CAFECheckpoint.from_model(model, clip_model=clip_model, clip_pretrained=None, mask_net_init=init,
-                                           meta={"trained": False}).save(args.workdir / "cafe.pt")
-    repository = export_checkpoint(checkpoint, args.workdir / "model_repository").repository
+    repository = export_random_repository(args.workdir, clip_model, source="sites benchmark")
     faces, _ = draw_faces(args.batch_size, 224, seed=3)
     rng = np.random.default_rng(0)
     names = [f"site-{i:03d}" for i in range(100)]

@@ -32,25 +32,15 @@ import os
 import platform
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 
 def build_repository(workdir: Path, clip_model: str) -> Path:
-    from fer_triton.checkpoint import CAFECheckpoint, build_untrained
-    from fer_triton.export.exporter import export_checkpoint
+    from fer_triton.benchmarks.random_model import export_random_repository
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, init = build_untrained(clip_model, None)
-    checkpoint = CAFECheckpoint.from_model(model, clip_model=clip_model, clip_pretrained=None, mask_net_init=init,
-                                           meta={"trained": False, "source": "stream_capacity"}
-                                           ).save(workdir / "cafe_random.pt")
-    repository = workdir / "model_repository"
-    export_checkpoint(checkpoint, repository)
-    return repository
+    return export_random_repository(workdir, clip_model, source="stream_capacity")
 
 
 def write_cameras(workdir: Path, count: int, frames: int, size: int, fps: float) -> list[Path]:
