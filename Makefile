@@ -76,5 +76,12 @@ test-all: project
 bench: project
 	$(VENV)/bin/fer-triton bench
 
+# The one-shot GPU check (benchmarks/gpu_check.py, docs/gpu.md): PyTorch CUDA and the pip-only GPU server,
+# one table, under 8 minutes, no network once installed. GPU_CHECK_ARGS=--dry-run rehearses it on the CPU.
+# On a lent machine without this venv: scripts/gpu_check_device.sh.
+.PHONY: gpu-check
+gpu-check: project
+	$(VENV)/bin/fer-triton gpu-check $(GPU_CHECK_ARGS)
+
 clean:
 	rm -rf build $(DIST) .pytest_cache

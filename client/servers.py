@@ -77,12 +77,15 @@ class ServerPool:
     """Round robin over healthy servers; ``pick()`` returns None while every server is benched."""
 
     def __init__(self, urls: list[str], model: str = "cafe", *, timeout_s: float = 30.0,
-                 backoff: Backoff | None = None, reconnect_after: int = 3):
+                 backoff: Backoff | None = None, reconnect_after: int = 3, shared_memory: str | None = None,
+                 shm_regions: int = 4):
         if not urls:
             raise ValueError("give at least one server URL")
         if len(set(urls)) != len(urls):
             raise ValueError(f"server URLs repeat: {', '.join(urls)}")
         self.model, self.timeout_s = model, timeout_s
+        # FerClient(shared_memory=...): None, "system" or "cuda"; each server's client keeps its own regions
+        self.shared_memory, self.shm_regions = shared_memory, shm_regions
         self.backoff = backoff or Backoff()
         self.reconnect_after = reconnect_after
         self.servers = [Server(u, self._client(u)) for u in urls]
@@ -91,7 +94,8 @@ class ServerPool:
         self._info: ModelInfo | None = None
 
     def _client(self, url: str) -> FerClient:
-        return FerClient(url, self.model, timeout_s=self.timeout_s, channel_args=CHANNEL_ARGS)
+        return FerClient(url, self.model, timeout_s=self.timeout_s, channel_args=CHANNEL_ARGS,
+                         shared_memory=self.shared_memory or False, shm_regions=self.shm_regions)
 
     def info(self, wait_s: float = 0.0) -> ModelInfo:
         """The served model's description, from every server that answers (they must agree).

@@ -9,6 +9,13 @@ and server share ``/dev/shm``: the same host, or containers sharing the IPC name
 ``ShmPool`` keeps a few regions (one per request in flight), each sized for ``max_batch_size`` faces;
 a request takes one and gives it back when its answer arrived, so asynchronous requests never write
 into a region the server is still reading.
+
+``CudaShmPool`` is the same pool in GPU memory (Triton's CUDA shared memory: a ``cudaMalloc`` buffer
+whose CUDA IPC handle the server opens, tritonclient.utils.cuda_shared_memory + ``register_cuda_shared_memory``):
+the faces are copied host-to-device once by the client (or device-to-device from any DLPack tensor
+already on the GPU) and the server's first stage reads them where they are. It needs a GPU on this
+host that the server shares, and tritonclient's CUDA extra (``cuda-python``): :func:`cuda_unavailable`
+says why not. :func:`make_pool` picks the pool for ``FerClient(shared_memory="system"|"cuda")``.
 """
 
 from __future__ import annotations
@@ -94,3 +101,124 @@ class ShmPool:
                 self._shm.destroy_shared_memory_region(region.handle)
             except Exception:  # noqa: BLE001 - already destroyed
                 pass
+
+
+SHARED_MEMORY_KINDS = ("system", "cuda")
+
+
+def shared_memory_kind(value) -> str | None:
+    """``FerClient(shared_memory=...)`` as a kind: False/None -> None, True -> "system", or "system"/"cuda".
+    Raises ValueError naming the accepted values otherwise."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "system"
+    if value in SHARED_MEMORY_KINDS:
+        return value
+    raise ValueError(f"shared_memory must be True, False, 'system' or 'cuda', not {value!r}")
+
+
+def cuda_unavailable(device_id: int = 0) -> str | None:
+    """Why CUDA shared memory cannot be used from this process (None when it can): tritonclient's
+    cuda_shared_memory module does not import (it needs ``cuda-python``: ``pip install 'tritonclient[cuda]'``),
+    or the CUDA runtime finds no GPU ``device_id`` (no driver, no device)."""
+    try:
+        import tritonclient.utils.cuda_shared_memory  # noqa: F401 - the import is the check
+        from cuda.bindings import runtime as cudart
+    except (ImportError, RuntimeError) as exc:
+        return (f"tritonclient's CUDA shared memory module cannot be imported ({exc}); install "
+                "'tritonclient[cuda]' (cuda-python) on a host with an NVIDIA GPU")
+    error, count = cudart.cudaGetDeviceCount()
+    if error != cudart.cudaError_t.cudaSuccess:
+        _, name = cudart.cudaGetErrorName(error)
+        return f"the CUDA runtime finds no usable GPU ({name.decode() if isinstance(name, bytes) else name})"
+    if device_id >= count:
+        return f"GPU {device_id} does not exist (this host has {count})"
+    return None
+
+
+def check_shared_memory(kind: str | None, device_id: int = 0) -> None:
+    """Raise SharedMemoryError (saying why) when ``kind`` is "cuda" and CUDA shared memory is unusable here;
+    ValueError for an unknown kind. "system" and None need nothing to check before a server is reached."""
+    kind = shared_memory_kind(kind)
+    if kind == "cuda":
+        reason = cuda_unavailable(device_id)
+        if reason is not None:
+            raise SharedMemoryError(f"CUDA shared memory is not available: {reason}. Use system shared memory "
+                                    "instead (--shared-memory system, FerClient(shared_memory=True)): any host that "
+                                    "shares /dev/shm with the server")
+
+
+class CudaShmPool(ShmPool):
+    """``count`` CUDA shared-memory regions of ``byte_size`` bytes on GPU ``device_id``, registered with one
+    Triton server (on the same host, with access to that GPU); the interface of :class:`ShmPool`.
+
+    ``acquire`` takes a numpy array (copied host-to-device) or any DLPack tensor (a torch or CuPy array,
+    copied device-to-device when it already is on the GPU). Raises SharedMemoryError when CUDA shared
+    memory is unusable here (:func:`cuda_unavailable`) or the server refuses a region.
+    """
+
+    def __init__(self, triton, byte_size: int, count: int = 4, headers: dict[str, str] | None = None,
+                 device_id: int = 0):
+        check_shared_memory("cuda", device_id)
+        import tritonclient.utils.cuda_shared_memory as cudashm
+        from tritonclient.utils import InferenceServerException
+
+        self._shm, self._triton, self._headers = cudashm, triton, dict(headers or {})
+        self.byte_size, self.device_id = int(byte_size), device_id
+        self._free = queue.Queue()
+        self._all = []
+        self._lock = threading.Lock()
+        prefix = f"fer_cuda_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        try:
+            for i in range(count):
+                name = f"{prefix}_{i}"
+                handle = cudashm.create_shared_memory_region(name, self.byte_size, device_id)
+                region = Region(name, name, self.byte_size, handle)
+                self._all.append(region)
+                triton.register_cuda_shared_memory(name, cudashm.get_raw_handle(handle), device_id, self.byte_size,
+                                                   headers=self._headers)
+                self._free.put(region)
+        except (InferenceServerException, cudashm.CudaSharedMemoryException) as exc:
+            self.close()
+            message = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
+            raise SharedMemoryError(f"cannot use CUDA shared memory with the server: {message} (it works only with a "
+                                    f"server on this host that sees GPU {device_id})") from exc
+
+    def acquire(self, faces, timeout_s: float | None = None) -> Region:
+        """A free region holding ``faces`` (numpy UINT8 or a DLPack tensor, at most ``byte_size`` bytes)."""
+        nbytes = faces.nbytes if isinstance(faces, np.ndarray) else faces.numel() * faces.element_size()
+        if nbytes > self.byte_size:
+            raise ValueError(f"{nbytes} bytes of faces do not fit a {self.byte_size}-byte region")
+        try:
+            region = self._free.get(timeout=timeout_s)
+        except queue.Empty:
+            raise SharedMemoryError(f"no CUDA shared-memory region came free within {timeout_s} s") from None
+        if isinstance(faces, np.ndarray):
+            self._shm.set_shared_memory_region(region.handle, [np.ascontiguousarray(faces)])
+        else:
+            self._shm.set_shared_memory_region_from_dlpack(region.handle, [faces])
+        return region
+
+    def close(self) -> None:
+        """Unregister and free every region (a server that is gone is ignored)."""
+        with self._lock:
+            regions, self._all = self._all, []
+        for region in regions:
+            try:
+                self._triton.unregister_cuda_shared_memory(region.name, headers=self._headers)
+            except Exception:  # noqa: BLE001 - the server may be gone; the region is freed anyway
+                pass
+            try:
+                self._shm.destroy_shared_memory_region(region.handle)
+            except Exception:  # noqa: BLE001 - already freed
+                pass
+
+
+def make_pool(kind, triton, byte_size: int, count: int = 4, headers: dict[str, str] | None = None) -> ShmPool:
+    """The pool for ``kind`` ("system", True, or "cuda"): ShmPool or CudaShmPool (raises as they do)."""
+    kind = shared_memory_kind(kind)
+    if kind is None:
+        raise ValueError("no shared memory asked for")
+    pool = CudaShmPool if kind == "cuda" else ShmPool
+    return pool(triton, byte_size, count, headers=headers)

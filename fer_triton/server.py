@@ -44,18 +44,22 @@ class TritonInstall:
 
     @classmethod
     def find(cls) -> "TritonInstall":
-        try:
-            import pytriton
-        except ImportError as exc:
-            raise TritonServerError("nvidia-pytriton is not installed: pip install nvidia-pytriton==0.7.0") from exc
-        root = Path(pytriton.__file__).parent / "tritonserver"
+        # Located, not imported: `import pytriton` would load its own client stack (aiohttp, gevent, zmq, ...),
+        # which running the binary never needs (`pip install --no-deps nvidia-pytriton` is enough, docs/gpu.md).
+        import importlib.util
+
+        spec = importlib.util.find_spec("pytriton")
+        if spec is None or spec.origin is None:
+            raise TritonServerError("nvidia-pytriton is not installed: pip install nvidia-pytriton==0.7.0")
+        package = Path(spec.origin).parent
+        root = package / "tritonserver"
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         install = cls(
             server=root / "bin" / "tritonserver",
             backend_files=root / "backends" / "python",
             stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
             caches=root / "caches",
-            libs=Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs",
+            libs=package.parent / "nvidia_pytriton.libs",
         )
         for path in (install.server, install.backend_files, install.stub):
             if not path.exists():

@@ -68,6 +68,12 @@ def write_mask_version(masks: StageVersions, version: int, net: MaskNet, *, wire
     def fill(folder: Path) -> None:
         report = export_stage(mask_net_spec(net.eval(), masks.name, wire_size), folder / "model.onnx")
         shutil.copyfile(RUNNER_SOURCE, folder / "model.py")
+        from fer_triton.export.gpu import add_cuda_runner
+
+        if add_cuda_runner(folder):  # gpu_python variant: its runner and the PyTorch graph it runs on CUDA
+            from fer_triton.export.torch_graphs import write_spec_graph
+
+            write_spec_graph(mask_net_spec(net.eval(), masks.name, wire_size), folder)
         info = {"version": version, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "onnx_max_abs_diff": report.worst, **record}
         (folder / MASK_INFO).write_text(json.dumps(info, indent=2, default=jsonable))

@@ -225,6 +225,9 @@ def write_head_version(heads: StageVersions, version: int, head: LinearHead, *, 
     def fill(folder: Path) -> None:
         diff = export_head(head, folder / "model.onnx", heads.name)
         shutil.copyfile(RUNNER_SOURCE, folder / "model.py")
+        from fer_triton.export.gpu import add_cuda_runner
+
+        add_cuda_runner(folder)  # gpu_python variant: its runner (the 512x7 head runs model.onnx, no graph needed)
         for file_name, write in (extra_files or {}).items():
             write(folder / file_name)
         record = {"version": version, "previous_version": previous,
