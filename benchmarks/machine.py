@@ -30,6 +30,18 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def _openvino() -> dict:
+    """OpenVINO's version and what it reports for this CPU (absent without the openvino extra)."""
+    try:
+        import openvino as ov
+
+        core = ov.Core()
+        return {"openvino": ov.__version__.split("-")[0],
+                "openvino_capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))}
+    except Exception:  # not installed, or no CPU plugin: the benchmark runs without OpenVINO variants
+        return {}
+
+
 def describe() -> dict:
     import onnxruntime
     import psutil
@@ -40,7 +52,9 @@ def describe() -> dict:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags],
+        "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+                if f in flags],
+        **_openvino(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "load_average_1m": round(os.getloadavg()[0], 2),
         "onnxruntime": onnxruntime.__version__,

@@ -91,18 +91,23 @@ class OnnxChain:
     ``graphs``: {graph: ONNX file} with the keys of ``LAYOUTS["staged"]`` or ``LAYOUTS["fused"]``.
     ``threads``: onnxruntime intra-op threads per session (0 = one per core).
     ``basic_optimization``: graphs to run with basic graph optimizations only (FP16 graphs).
+    ``sessions``: {graph: runner} for graphs run by another engine (an object with onnxruntime's
+    ``run(output_names, feeds) -> list of arrays``, e.g. export/openvino_engine.OpenVINOSession);
+    their ``graphs`` entry is then only recorded (it may be an OpenVINO IR).
     Raises ValueError for any other set of graphs.
     """
 
     def __init__(self, graphs: Mapping[str, str | Path], *, threads: int = 0,
-                 basic_optimization: Collection[str] = ()):
+                 basic_optimization: Collection[str] = (), sessions: Mapping[str, object] | None = None):
         layouts = [name for name, order in LAYOUTS.items() if set(order) == set(graphs)]
         if not layouts:
             raise ValueError(f"graphs {sorted(graphs)} are neither the staged {list(LAYOUTS['staged'])} nor the "
                              f"fused {list(LAYOUTS['fused'])} layout")
         self.layout = layouts[0]
         self.graphs = {g: Path(graphs[g]) for g in LAYOUTS[self.layout]}
-        self._sessions = {g: _session(p, threads, g in basic_optimization) for g, p in self.graphs.items()}
+        sessions = sessions or {}
+        self._sessions = {g: sessions[g] if g in sessions else _session(p, threads, g in basic_optimization)
+                          for g, p in self.graphs.items()}
 
     @classmethod
     def from_repository(cls, repository: str | Path, layout: RepositoryLayout = RepositoryLayout(), *,

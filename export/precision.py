@@ -140,7 +140,7 @@ def check_served(url: str, repository: str | Path, faces: np.ndarray, *, model: 
 
 
 # Least to most lossy: a chain is as imprecise as its least precise stage.
-_LOSS_ORDER = ("fp32", "fp16", "int8")
+_LOSS_ORDER = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclass(frozen=True)

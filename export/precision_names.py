@@ -4,7 +4,10 @@
           Each exported graph must lie within ``--atol`` of PyTorch.
     fp16  TensorRT only (the gpu_trt accelerator, ``fer-triton build-trt`` plans). Checked against
           FP32 at export on the CPU (onnxruntime FP16 graphs) and on the GPU host (check-precision).
-    int8  onnxruntime on the CPU only (``fer-triton export --precision int8``).
+    int8  onnxruntime on the CPU (``fer-triton export --precision int8``) and OpenVINO (NNCF, ``--engine
+          openvino``).
+    bf16  OpenVINO on CPUs with native BF16 (AVX-512 BF16 or AMX): chosen when the model loads, from the
+          same FP32 files (export/openvino_engine.py); checked against FP32 at export like int8.
 
 A reduced precision (fp16, int8) applies to :data:`REDUCED_STAGES`; preprocess and head stay FP32. It
 is held to the top-1 agreement bar (:data:`fer_triton.metrics.DEFAULT_MIN_TOP1_AGREEMENT`) and to its
@@ -26,7 +29,8 @@ from dataclasses import dataclass
 
 ONNXRUNTIME_CPU = "onnxruntime-cpu"    # the python-backend models of the CPU flavour (export --precision)
 TENSORRT = "tensorrt"                  # gpu_trt's accelerator and build-trt plans (--gpu-precision)
-ENGINES = (ONNXRUNTIME_CPU, TENSORRT)
+OPENVINO_CPU = "openvino-cpu"          # export --engine openvino (python backend or Triton's openvino backend)
+ENGINES = (ONNXRUNTIME_CPU, TENSORRT, OPENVINO_CPU)
 
 # The stages a reduced precision converts: they hold nearly all of the model's FLOPs.
 REDUCED_STAGES = ("clip_encoder", "mask_net")
@@ -43,14 +47,16 @@ class Precision:
 
 
 PRECISIONS: tuple[Precision, ...] = (
-    Precision("fp32", (ONNXRUNTIME_CPU, TENSORRT), None, 1e-4),
+    Precision("fp32", (ONNXRUNTIME_CPU, TENSORRT, OPENVINO_CPU), None, 1e-4),
     # FP16 rounding moves probabilities by about 1e-4 (ViT-B/32, docs/gpu.md).
     # The publish check: ~30x the 1.5e-4 measured in the CPU simulation, for TensorRT's own kernels.
     Precision("fp16", (TENSORRT,), 0.02, 5e-3),
     # INT8 moves them by about 4e-3 (ViT-B/32 with random weights, 128 drawn faces, docs/benchmarks.md);
     # trained models are more confident and move more near their decision boundaries.
     # Dynamic quantisation scales activations per batch: the same face moves with its batch-mates.
-    Precision("int8", (ONNXRUNTIME_CPU,), 0.05, 2e-2),
+    Precision("int8", (ONNXRUNTIME_CPU, OPENVINO_CPU), 0.05, 2e-2),
+    # BF16 keeps 8 significant bits: like int8 it is held to the agreement bar, not to atol.
+    Precision("bf16", (OPENVINO_CPU,), 0.05, 2e-2),
 )
 _BY_NAME = {p.name: p for p in PRECISIONS}
 
@@ -83,3 +89,7 @@ def verify_tolerance(name: str, *, on_gpu: bool = False) -> float:
 
 CPU_PRECISIONS = supported_by(ONNXRUNTIME_CPU)      # ("fp32", "int8")
 TENSORRT_PRECISIONS = supported_by(TENSORRT)        # ("fp32", "fp16")
+OPENVINO_PRECISIONS = supported_by(OPENVINO_CPU)    # ("fp32", "int8", "bf16"); bf16 is a load-time choice
+
+# `fer-triton export --engine`: which runtime serves the CLIP encoder and mask net (or fused backbone) on CPU hosts.
+CPU_ENGINES = ("onnxruntime", "openvino", "auto")

@@ -13,8 +13,9 @@ faces against the FP32 PyTorch model (export/validate.py) and refuses to write a
 ``min_agreement`` top-1 agreement or past the INT8 probability tolerance (export/precision_names.py).
 The faces are SYNTHETIC: agreement on real faces must be checked with real data.
 
-BF16 is not offered: onnxruntime's CPU provider has BF16 fast-math GEMMs only on ARM64, so a BF16
-graph would run slower than FP32 on x86 hosts (including those with AVX512-BF16).
+BF16 is not offered here: onnxruntime's CPU provider has BF16 fast-math GEMMs only on ARM64, so a BF16
+graph would run slower than FP32 on x86 hosts (including those with AVX512-BF16). OpenVINO runs BF16
+on them: ``--engine openvino`` (export/openvino_engine.py), which quantizes INT8 with NNCF instead.
 """
 
 from __future__ import annotations

@@ -87,20 +87,23 @@ class GraphValidation:
 def validate_graphs(model: CAFE, graphs: Mapping[str, str | Path], faces: np.ndarray, *, precision: str = "fp32",
                     atol: float = DEFAULT_ATOL, min_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT,
                     max_prob_diff: float | None = None, names: Mapping[str, str] | None = None,
-                    threads: int = 0, batch: int = 32) -> GraphValidation:
+                    threads: int = 0, batch: int = 32, chain: OnnxChain | None = None,
+                    expected: Mapping[str, np.ndarray] | None = None) -> GraphValidation:
     """Validate the graphs of one layout (keys of onnx_chain.LAYOUTS) against ``model`` on UINT8 ``faces``.
 
     ``precision``: what the graphs of REDUCED_STAGES (and a fused backbone holding them) are; "fp32"
     holds every graph to ``atol``. ``max_prob_diff``: allowed |dp| of a reduced precision (default: its
-    entry in precision_names.PRECISIONS). ``names``: Triton model names for the messages.
+    entry in precision_names.PRECISIONS). ``names``: Triton model names for the messages. ``chain``: run
+    these (e.g. OpenVINO sessions, export/openvino_engine.py) instead of onnxruntime sessions of ``graphs``.
+    ``expected``: ``pytorch_outputs(model, faces)`` when the caller has it already (several checks, same faces).
     Raises ExportValidationError or AgreementError as the module's docstring says.
     """
     names = names or {}
     reduced = set() if precision == "fp32" else {*REDUCED_STAGES, "backbone"}
     if max_prob_diff is None and reduced:
         max_prob_diff = precision_named(precision).max_prob_diff
-    chain = OnnxChain(graphs, threads=threads)
-    expected = pytorch_outputs(model, faces, batch=batch)
+    chain = chain or OnnxChain(graphs, threads=threads)
+    expected = expected if expected is not None else pytorch_outputs(model, faces, batch=batch)
     fed = {"faces": faces, **expected}
     reports = {}
     for graph, path in chain.graphs.items():
