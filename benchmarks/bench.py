@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 from fer_triton.benchmarks import machine, memory, metrics
+from fer_triton.benchmarks.cpu_engines import inprocess_chain
 from fer_triton.benchmarks.inprocess import TorchEager, measure
 from fer_triton.benchmarks.served import ServedLoad
 from fer_triton.export.onnx_chain import LAYOUTS as GRAPH_LAYOUTS
-from fer_triton.export.onnx_chain import OnnxChain
 from fer_triton.export.precision_names import CPU_PRECISIONS
 from fer_triton.metrics import max_abs_diff
 
@@ -36,11 +36,15 @@ class BenchError(RuntimeError):
 
 
 def parse_variant(name: str) -> tuple[str, str]:
-    """"int8-fused" -> ("int8", "fused")."""
-    precision, _, layout = name.partition("-")
+    """"int8-fused" -> ("int8", "fused"); OpenVINO variants ("ov-bf16-fused", benchmarks/cpu_engines.py)
+    give the precision of their files ("fp32")."""
+    from fer_triton.benchmarks.cpu_engines import split_variant
+
+    precision, _, layout = split_variant(name)[1].partition("-")
     if precision not in PRECISIONS or layout not in LAYOUTS:
         raise BenchError(f"unknown served variant {name!r}: use <precision>-<layout> with precision in "
-                         f"{PRECISIONS} and layout in {LAYOUTS}, e.g. fp32-staged")
+                         f"{PRECISIONS} and layout in {LAYOUTS}, e.g. fp32-staged, or ov-<fp32|bf16|int8>-<layout> "
+                         f"for OpenVINO")
     return precision, layout
 
 
@@ -59,6 +63,8 @@ class BenchConfig:
     perf_analyzer: bool = True
     perf_analyzer_batch: int = 16
     reuse_exports: bool = False             # keep repositories already in workdir (same checkpoint)
+    # Also measure every served point with faces through Triton's shared memory: None, "system" or "cuda".
+    shared_memory: str | None = None
     seed: int = 0
 
     def validate(self) -> None:
@@ -76,6 +82,13 @@ class BenchConfig:
             raise BenchError(f"concurrency levels must be >= 1, got {list(self.concurrency)}")
         if self.duration_s <= 0 or self.min_requests < 1:
             raise BenchError(f"duration must be > 0 and min requests >= 1, got {self.duration_s}, {self.min_requests}")
+        if self.shared_memory is not None:
+            from fer_triton.client.shared_memory import SharedMemoryError, check_shared_memory
+
+            try:
+                check_shared_memory(self.shared_memory)
+            except (SharedMemoryError, ValueError) as exc:
+                raise BenchError(str(exc)) from exc
         if self.checkpoint is not None and not Path(self.checkpoint).is_file():
             raise BenchError(f"checkpoint not found: {self.checkpoint}")
 
@@ -115,17 +128,35 @@ def _export(cfg: BenchConfig, checkpoint: Path, variant: str, echo) -> tuple[Pat
     repo = Path(cfg.workdir) / "repositories" / variant
     if cfg.reuse_exports and (repo / "cafe" / "config.pbtxt").is_file():
         echo(f"  {variant}: reusing {repo}")
-        return repo, {"reused": True, **_export_metadata(repo)}
+        info = {"reused": True, **_export_metadata(repo)}
+        if variant.startswith("ov-"):  # the record of the precision its runners are pinned to
+            from fer_triton.benchmarks.cpu_engines import pin_repository
+
+            info.update(pin_repository(repo, variant))
+        return repo, info
     start = time.perf_counter()
+    from fer_triton.benchmarks.cpu_engines import derive_repository, export_kwargs, sibling_export
+
+    sibling = sibling_export(cfg.variants, variant)
+    if sibling is not None:  # same OpenVINO files, another load-time precision: copy, do not export again
+        info = derive_repository(repo.parent / sibling, repo, variant)
+        echo(f"  {variant}: the files of {sibling}, pinned to its own precision")
+        return repo, info
+
     result = export_checkpoint(checkpoint, repo, overwrite=True, precision=precision, fused=layout == "fused",
-                               max_batch_size=64)
+                               **export_kwargs(variant),
+                               max_batch_size=64, detector="none")  # the classifier alone (--frames: the detector)
     info = {"seconds": round(time.perf_counter() - start, 1)}
     if result.cpu_precision is not None:
         q = result.cpu_precision
         info.update(top1_agreement_vs_fp32=q.agreement, agreement_faces=q.check_faces,
                     max_abs_diff_vs_fp32=q.max_abs_diff, quantization=q.methods)
+    if getattr(result, "openvino", None) is not None:
+        from fer_triton.benchmarks.cpu_engines import pin_repository
+
+        info.update(pin_repository(repo, variant))
     echo(f"  {variant}: exported in {info['seconds']:.0f}s"
-         + (f", int8 top-1 agreement {info['top1_agreement_vs_fp32']:.2%} on {info['agreement_faces']} drawn faces"
+         + (f", top-1 agreement {info['top1_agreement_vs_fp32']:.2%} on {info['agreement_faces']} drawn faces"
             if "top1_agreement_vs_fp32" in info else ""))
     return repo, info
 
@@ -148,10 +179,12 @@ def _eager(cfg, checkpoint, faces_by_batch, echo) -> list[dict]:
 
 
 def _ort_row(cfg, variant, pipeline, faces, echo) -> dict:
-    precision = parse_variant(variant)[0]
-    run = measure("onnxruntime", precision, pipeline, faces, duration_s=cfg.duration_s, min_calls=cfg.min_requests)
-    echo(f"  onnxruntime in-process, {variant} graphs, batch {len(faces)}: {run.faces_per_s:.1f} faces/s")
-    return {"engine": "onnxruntime in-process", "precision": precision, "variant": variant, "batch_size": len(faces),
+    from fer_triton.benchmarks.cpu_engines import precision_label, split_variant
+
+    precision, engine = precision_label(variant), split_variant(variant)[0]
+    run = measure(engine, precision, pipeline, faces, duration_s=cfg.duration_s, min_calls=cfg.min_requests)
+    echo(f"  {engine} in-process, {variant} graphs, batch {len(faces)}: {run.faces_per_s:.1f} faces/s")
+    return {"engine": f"{engine} in-process", "precision": precision, "variant": variant, "batch_size": len(faces),
             "calls": run.calls, "cpu_ms_per_face": round(run.cpu_ms_per_face, 1), **_timed(run)}
 
 
@@ -171,16 +204,17 @@ def _serve_variant(cfg, variant, repo, faces_by_batch, load, echo, inprocess: li
         check = faces_by_batch[max(cfg.batch_sizes)]
         with FerClient(server.grpc_url) as client:
             served = client.infer(check).probabilities
-        pipeline = OnnxChain.from_repository(repo, threads=cfg.threads)
+        pipeline = inprocess_chain(repo, threads=cfg.threads)  # each graph on the engine its server runs
         out["served_vs_inprocess_max_abs_diff"] = max_abs_diff(pipeline(check), served)
         peak: list[memory.ProcessMemory] = []
         for b in cfg.batch_sizes:
             if cfg.baselines:
                 inprocess.append(_ort_row(cfg, variant, pipeline, faces_by_batch[b], echo))
-            for c in cfg.concurrency:
+            transports = (None,) if cfg.shared_memory is None else (None, cfg.shared_memory)  # gRPC, then shm
+            for c, transport in [(c, t) for c in cfg.concurrency for t in transports]:
                 before, cpu = metrics.scrape(server.metrics_url), memory.tree_cpu_seconds(server.pid)
                 run = load.run(server.grpc_url, "cafe", faces_by_batch[b], c, duration_s=cfg.duration_s,
-                               min_requests=cfg.min_requests)
+                               min_requests=cfg.min_requests, shared_memory=transport)
                 cpu = memory.tree_cpu_seconds(server.pid) - cpu
                 after = metrics.scrape(server.metrics_url)
                 times = metrics.difference(before, after)
@@ -189,7 +223,8 @@ def _serve_variant(cfg, variant, repo, faces_by_batch, load, echo, inprocess: li
                 tree = memory.server_tree(server.pid)
                 if sum(p.rss_mb for p in tree) > sum(p.rss_mb for p in peak):
                     peak = tree
-                point = {"batch_size": b, "concurrency": c, "requests": run.requests, "errors": len(run.errors),
+                point = {"batch_size": b, "concurrency": c, "transport": f"{transport} shm" if transport else "gRPC",
+                         "requests": run.requests, "errors": len(run.errors),
                          "seconds": round(run.seconds, 3),
                          "client_rss_mb": round(run.client_rss_mb, 1), **_timed(run),
                          "server_cpu_ms_per_face": round(1000.0 * cpu / served_faces, 1) if served_faces else None,
@@ -200,7 +235,8 @@ def _serve_variant(cfg, variant, repo, faces_by_batch, load, echo, inprocess: li
                 if run.errors:
                     point["first_error"] = run.errors[0]
                 out["points"].append(point)
-                echo(f"  {variant} batch {b} concurrency {c}: {run.faces_per_s:.1f} faces/s, "
+                echo(f"  {variant} batch {b} concurrency {c}" + (f" ({transport} shm)" if transport else "")
+                     + f": {run.faces_per_s:.1f} faces/s, "
                      f"p99 {run.percentile_ms(99):.0f} ms" + (f", {len(run.errors)} ERRORS" if run.errors else ""))
         out["server_peak_mb"] = round(sum(p.rss_mb for p in peak), 1)
         out["server_processes"] = [asdict(p) | {"rss_mb": round(p.rss_mb, 1)} for p in peak]
@@ -258,6 +294,9 @@ def run_benchmark(cfg: BenchConfig, echo: Callable[[str], None] = print) -> dict
             result["served"].append(_serve_variant(cfg, variant, repos[variant], faces_by_batch, load, echo,
                                                    result["inprocess"]))
     result["targets"] = targets(result)
+    from fer_triton.benchmarks.cpu_engines import engine_targets
+
+    result["targets"]["engines"] = engine_targets(result)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -291,7 +330,7 @@ def targets(result: dict) -> dict:
                 "served_cpu_ms_per_face": _served_cpu(point), "inprocess_cpu_ms_per_face": ort["cpu_ms_per_face"]}
     by_layout = {}
     for variant, point in best.items():
-        if point:
+        if point and not variant.startswith("ov-"):  # onnxruntime int8 vs fp32 (engines: cpu_engines.py)
             by_layout.setdefault(parse_variant(variant)[1], {})[parse_variant(variant)[0]] = (variant, point)
     pairs = [v for v in by_layout.values() if len(v) == 2]
     if pairs:

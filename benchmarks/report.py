@@ -18,10 +18,11 @@ def format_report(result: dict) -> str:
         for p in served["points"]:
             cpu = p.get("server_cpu_ms_per_face")
             cpu = "-" if cpu is None else f"{cpu:.0f}+{p.get('client_cpu_ms_per_face') or 0:.0f}"
-            rows.append([f"served {served['variant']}", p["batch_size"], p["concurrency"], p["faces_per_s"],
+            shm = f" ({p['transport']})" if p.get("transport", "gRPC") != "gRPC" else ""
+            rows.append([f"served {served['variant']}{shm}", p["batch_size"], p["concurrency"], p["faces_per_s"],
                          p["p50_ms"], p["p95_ms"], p["p99_ms"], cpu, p["errors"]])
     for r in result["inprocess"]:
-        name = f"onnxruntime in-process {r['variant']}" if "variant" in r else f"{r['engine']} {r['precision']}"
+        name = f"{r['engine']} {r['variant']}" if "variant" in r else f"{r['engine']} {r['precision']}"
         rows.append([name, r["batch_size"], "-", r["faces_per_s"], r["p50_ms"],
                      r["p95_ms"], r["p99_ms"], r.get("cpu_ms_per_face", "-"), "-"])
     parts.append(text_table(["path", "batch", "conc", "faces/s", "p50 ms", "p95 ms", "p99 ms", "cpu ms/face", "errors"],
@@ -46,7 +47,8 @@ def format_report(result: dict) -> str:
         for p in s["points"]:
             if (p["batch_size"], p["concurrency"]) == busiest:
                 for t in p["triton"]:
-                    triton.append([s["variant"], t["model"], t["version"], t["requests"],
+                    shm = f" ({p['transport']})" if p.get("transport", "gRPC") != "gRPC" else ""
+                    triton.append([s["variant"] + shm, t["model"], t["version"], t["requests"],
                                    round(t["faces"] / max(t["executions"], 1), 1),
                                    t["queue_ms"], t["compute_infer_ms"],
                                    round(t["compute_input_ms"] + t["compute_output_ms"], 2)])
@@ -71,6 +73,11 @@ def format_report(result: dict) -> str:
     for name, goal in goals:
         parts.append(f"target {name}: {goal['ratio']:.2f}x (goal {goal['goal']}) " + json.dumps(
             {k: v for k, v in goal.items() if k not in ("ratio", "goal")}))
+    from fer_triton.benchmarks.cpu_engines import format_engines
+
+    engines = format_engines(result)
+    if engines:
+        parts.append(engines)
     parts.append(f"took {result['seconds']:.0f}s")
     return "\n\n".join(parts)
 

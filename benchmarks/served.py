@@ -51,14 +51,17 @@ def _cpu_seconds() -> float:
 
 
 def run_load(url: str, model: str, faces: np.ndarray, concurrency: int, *, duration_s: float,
-             min_requests: int = 3, warmup: int = 1, timeout_s: float = 300.0) -> LoadResult:
+             min_requests: int = 3, warmup: int = 1, timeout_s: float = 300.0,
+             shared_memory: str | None = None) -> LoadResult:
     """Send ``faces`` (one batch) from ``concurrency`` threads, each with its own gRPC channel, until
-    ``duration_s`` has passed AND every thread has finished ``min_requests`` timed requests."""
+    ``duration_s`` has passed AND every thread has finished ``min_requests`` timed requests.
+    ``shared_memory``: None (pixels in the gRPC message), "system" or "cuda" (FerClient's regions)."""
     from fer_triton.client import FerClient, FerServerError
 
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, not {concurrency}")
-    clients = [FerClient(url, model, timeout_s=timeout_s) for _ in range(concurrency)]
+    clients = [FerClient(url, model, timeout_s=timeout_s, shared_memory=shared_memory or False, shm_regions=1)
+               for _ in range(concurrency)]
     try:
         for client in clients:  # read the config once and warm every channel and model instance
             for _ in range(warmup):
@@ -111,11 +114,11 @@ class ServedLoad:
         self._tmp = tempfile.TemporaryDirectory(prefix="fer-triton-load-")
 
     def run(self, url: str, model: str, faces: np.ndarray, concurrency: int, *, duration_s: float,
-            min_requests: int = 3, timeout_s: float = 900.0) -> LoadResult:
+            min_requests: int = 3, timeout_s: float = 900.0, shared_memory: str | None = None) -> LoadResult:
         faces_path = Path(self._tmp.name) / "faces.npy"
         np.save(faces_path, faces)
         cmd = [sys.executable, "-m", "fer_triton.benchmarks.served", url, model, str(faces_path), str(concurrency),
-               str(duration_s), str(min_requests)]
+               str(duration_s), str(min_requests)] + ([shared_memory] if shared_memory else [])
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         if done.returncode != 0:
             raise RuntimeError(f"load generator failed ({done.returncode}): {done.stderr.strip()[-1500:]}")
@@ -132,9 +135,9 @@ class ServedLoad:
 
 
 def main(argv: list[str]) -> None:
-    url, model, faces_path, concurrency, duration_s, min_requests = argv
+    url, model, faces_path, concurrency, duration_s, min_requests, *shared_memory = argv
     result = run_load(url, model, np.load(faces_path), int(concurrency), duration_s=float(duration_s),
-                      min_requests=int(min_requests))
+                      min_requests=int(min_requests), shared_memory=shared_memory[0] if shared_memory else None)
     print(json.dumps(asdict(result)))
 
 

@@ -100,7 +100,9 @@ class FerClient:
     (gRPC channel options, replacing tritonclient's defaults) are passed to
     ``tritonclient.grpc.InferenceServerClient`` unchanged.
     ``shared_memory=True``: faces go through Triton's system shared memory instead of the gRPC message
-    (a server on this host only; ``shm_regions`` requests in flight at once; client/shared_memory.py).
+    (a server on this host only; ``shm_regions`` requests in flight at once; client/shared_memory.py);
+    ``shared_memory="cuda"``: through CUDA shared memory on GPU 0 (a GPU host; SharedMemoryError at once,
+    saying why, where it cannot work here).
     Raises FerServerError from calls the server refuses or cannot be reached for.
     """
 
@@ -108,8 +110,12 @@ class FerClient:
                  verbose: bool = False, timeout_s: float | None = 60.0, headers: dict[str, str] | None = None,
                  ssl: bool = False, root_certificates: str | None = None, private_key: str | None = None,
                  certificate_chain: str | None = None, creds=None, keepalive_options=None,
-                 channel_args: list[tuple] | None = None, site: str | None = None, shared_memory: bool = False,
+                 channel_args: list[tuple] | None = None, site: str | None = None, shared_memory: bool | str = False,
                  shm_regions: int = 4):
+        from fer_triton.client.shared_memory import check_shared_memory, shared_memory_kind
+
+        shm_kind = shared_memory_kind(shared_memory)
+        check_shared_memory(shm_kind)  # "cuda" without a usable GPU: refused now (SharedMemoryError), saying why
         self.url = url
         self.model = model
         self.site = site
@@ -121,7 +127,7 @@ class FerClient:
             certificate_chain=certificate_chain, creds=creds, keepalive_options=keepalive_options,
             channel_args=channel_args)
         self._info: ModelInfo | None = None
-        self._shm_wanted, self._shm_regions, self._shm = shared_memory, shm_regions, None
+        self._shm_wanted, self._shm_regions, self._shm = shm_kind, shm_regions, None
 
     def close(self) -> None:
         if self._shm is not None:
@@ -132,12 +138,12 @@ class FerClient:
     def _shm_pool(self):
         """The shared-memory regions (created at the first request; sized for max_batch_size faces)."""
         if self._shm is None:
-            from fer_triton.client.shared_memory import SharedMemoryError, ShmPool
+            from fer_triton.client.shared_memory import SharedMemoryError, make_pool
 
             info = self.info()
             size = max(1, info.max_batch_size) * info.wire_size * info.wire_size * 3
             try:
-                self._shm = ShmPool(self._client, size, self._shm_regions, headers=self.headers)
+                self._shm = make_pool(self._shm_wanted, self._client, size, self._shm_regions, headers=self.headers)
             except SharedMemoryError as exc:
                 raise FerServerError(f"{self.url}: {exc}") from exc
         return self._shm
@@ -301,6 +307,13 @@ class FerClient:
         except InferenceServerException as exc:
             self._release(region)
             raise _server_error(exc, f"inference on {model!r} at {self.url} failed") from exc
+
+    def frames(self, model: str | None = None):
+        """A FramesClient (client/frames.py) on this connection: whole frames to ``<model>_frames``, which
+        detects, crops and classifies every face on the server. ``model``: the frames model's name."""
+        from fer_triton.client.frames import FramesClient
+
+        return FramesClient(self, model)
 
     def check_sites(self, sites: list[str]) -> None:
         """Ask the server whether it knows every site in ``sites`` ("" is the base model), with one small

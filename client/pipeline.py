@@ -71,6 +71,13 @@ class StreamConfig:
     reclassify_min_iou: float = 0.5
     smooth: str = "ema:0.3"         # per-track smoothing (smoothing.py): none, ema:ALPHA, ema:HALF_LIFEs, window:N
     track_lost_frames: int = 30     # a track unseen for more processed frames than this ends
+    # Faces through Triton's shared memory instead of the gRPC message (servers on this host): None, "system"
+    # or "cuda" (client/shared_memory.py); one region per request in flight.
+    shared_memory: str | None = None
+    # Where faces are found: "client" (detector above, crops sent to <model>) or "server" (frames JPEG-encoded
+    # at jpeg_quality and sent to <model>_frames, which detects, crops and classifies: client/server_detect.py).
+    detect: str = "client"
+    jpeg_quality: int = 90
 
     def check(self) -> None:
         for name in ("batch_size", "max_in_flight", "queue_frames", "detect_workers"):
@@ -84,6 +91,10 @@ class StreamConfig:
             raise ValueError(f"margin must be >= 0, not {self.margin}")
         if self.request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be positive, not {self.request_timeout_s}")
+        if self.detect not in ("client", "server"):
+            raise ValueError(f"detect must be 'client' or 'server', not {self.detect!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be 1..100, not {self.jpeg_quality}")
         if self.reclassify is not None:
             ReclassifyPolicy.parse(self.reclassify, self.reclassify_min_iou)
             smoother_factory(self.smooth)
@@ -157,7 +168,8 @@ class StreamPipeline:
         if not cameras:
             raise ValueError("give at least one source")
         self.pool = ServerPool([urls] if isinstance(urls, str) else list(urls), model,
-                               timeout_s=self.config.request_timeout_s, backoff=Backoff())
+                               timeout_s=self.config.request_timeout_s, backoff=Backoff(),
+                               shared_memory=self.config.shared_memory, shm_regions=self.config.max_in_flight + 1)
         self.detector = detector or make_detector(self.config.detector, min_face=self.config.min_face)
         self.stats = StreamStats(cameras)
         # camera -> its site ("" = the base model); FrameSource objects carry theirs in .spec
@@ -343,17 +355,24 @@ class StreamPipeline:
             self._finish_frame(job, "unfinished", "stopped before processing")
 
     # ---- detection -------------------------------------------------------------------------
-    def _detect_loop(self, wire_size: int) -> None:
+    def _take_frame(self):
+        """The next ``(frame, job)`` for a detect worker, or None once the readers are done and no frame is
+        left (or the run aborted). Frames taken after an abort end as "unfinished" records, never lost."""
         while True:
             item = self._frames.get(timeout=0.05)
             if item is None:
                 if (self._readers_done.is_set() and self._frames.empty()) or self._aborted.is_set():
-                    return
+                    return None
                 continue
             frame, job = item
             if self._aborted.is_set():
                 self._finish_frame(job, "unfinished", "stopped before processing")
                 continue
+            return frame, job
+
+    def _detect_loop(self, wire_size: int) -> None:
+        while (taken := self._take_frame()) is not None:
+            frame, job = taken
             t0 = time.perf_counter()
             try:
                 boxes = self.detector.detect(frame.image)

@@ -17,8 +17,14 @@ from fer_triton.options import max_pixels_option, verbose_option
 @click.option("-m", "--model", default="cafe", show_default=True, help="Ensemble name.")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True), default="-",
               show_default=True, help="JSON Lines file for results (- for stdout).")
-@click.option("--detector", type=click.Choice(["crops", "haar", "mtcnn"]), default="haar", show_default=True,
-              help="crops: every frame already is one face crop; haar: OpenCV; mtcnn: facenet-pytorch.")
+@click.option("--detector", type=click.Choice(["crops", "haar", "mtcnn", "mtcnn-onnx"]), default="haar",
+              show_default=True, help="--detect client: crops: every frame already is one face crop; haar: OpenCV; "
+                                      "mtcnn: facenet-pytorch; mtcnn-onnx: the served frames model's MTCNN, here.")
+@click.option("--detect", type=click.Choice(["client", "server"]), default="client", show_default=True,
+              help="client: find faces here with --detector and send crops; server: send whole frames (JPEG, "
+                   "--jpeg-quality) to the <model>_frames model, which finds, crops and classifies the faces.")
+@click.option("--jpeg-quality", default=90, show_default=True, type=click.IntRange(1, 100),
+              help="--detect server: JPEG quality of the frames sent.")
 @click.option("--min-face", default=40, show_default=True, help="Smallest face to detect, in pixels.")
 @click.option("--margin", default=0.1, show_default=True, help="Widen face boxes by this fraction per side.")
 @click.option("-b", "--batch-size", default=16, show_default=True, help="Faces per request (across cameras).")
@@ -52,11 +58,15 @@ from fer_triton.options import max_pixels_option, verbose_option
 @click.option("--progress/--no-progress", default=None, help="Live status line on stderr (default: on a terminal).")
 @click.option("--stats-every", default=0.0, show_default=True,
               help="Also print the per-camera table (faces/s, p50/p99, drops) every N seconds (0: only at the end).")
+@click.option("--shared-memory", type=click.Choice(["system", "cuda"]), is_flag=False, flag_value="system",
+              default=None, help="Send faces through Triton's shared memory instead of the gRPC message (servers on "
+                                 "this host): system (/dev/shm; the default when given alone) or cuda (GPU hosts).")
 @verbose_option
 @max_pixels_option
-def stream(sources, urls, model, output, detector, min_face, margin, batch_size, max_wait_ms, in_flight,
+def stream(sources, urls, model, output, detector, detect, jpeg_quality, min_face, margin, batch_size, max_wait_ms, in_flight,
            queue_frames, live_drop, fps, detect_workers, retry_timeout, stall_timeout, connect_wait, request_timeout,
-           reclassify, smooth, save_uncertain, metrics_port, mqtt, progress, stats_every, verbose):
+           reclassify, smooth, save_uncertain, metrics_port, mqtt, progress, stats_every, verbose,
+           shared_memory=None):
     """Stream SOURCES through the served model and write one JSON line per face.
 
     A SOURCE is [ID=]LOCATION: a folder or image file, a video file, a stream URL OpenCV opens
@@ -81,7 +91,16 @@ def stream(sources, urls, model, output, detector, min_face, margin, batch_size,
                               queue_frames=queue_frames, live_drop=live_drop, detector=detector, min_face=min_face,
                               margin=margin, detect_workers=detect_workers, retry_timeout_s=retry_timeout,
                               stall_timeout_s=stall_timeout, fps=fps, connect_wait_s=connect_wait,
-                              request_timeout_s=request_timeout, reclassify=reclassify, smooth=smooth)
+                              request_timeout_s=request_timeout, reclassify=reclassify, smooth=smooth,
+                              detect=detect, jpeg_quality=jpeg_quality)
+        config.shared_memory = shared_memory
+        if shared_memory is not None:  # cuda without a usable GPU: refused here, saying why
+            from fer_triton.client.shared_memory import SharedMemoryError, check_shared_memory
+
+            try:
+                check_shared_memory(shared_memory)
+            except SharedMemoryError as exc:
+                raise click.ClickException(str(exc)) from exc
         config.check()
         # The stream extra's optional parts: named here, before anything starts, when one is missing.
         for flag, given, module in (("--reclassify-every", reclassify, "supervision"), ("--mqtt", mqtt, "paho.mqtt"),
@@ -106,6 +125,8 @@ def stream(sources, urls, model, output, detector, min_face, margin, batch_size,
                 from fer_triton.labels import CLASSES
 
                 uncertain = UncertainFaces(save_uncertain, CLASSES)
+            if detect == "server":  # frames go to <model>_frames (client/server_detect.py)
+                from fer_triton.client.server_detect import ServerDetectPipeline as StreamPipeline  # noqa: N814
             pipeline = StreamPipeline(specs, list(urls), model, config=config, out=out,
                                       progress=sys.stderr if show_progress else None, table_every_s=stats_every,
                                       uncertain=uncertain, publish=publisher.publish if publisher else None,

@@ -2,6 +2,7 @@
 
 Installed as ``fer_triton.export``. Modules: ``exporter`` (the whole export), ``onnx_export``
 (per-stage ONNX + validation), ``repository`` (CPU-flavour configs), ``gpu`` / ``tensorrt`` /
-``precision`` (GPU flavour), ``quantize`` (faster CPU export). Nothing heavy is imported here, so
+``precision`` (GPU flavour), ``quantize`` (faster CPU export), ``detector`` (the face
+detector's nets and the ``<prefix>_frames`` model). Nothing heavy is imported here, so
 the CLI starts fast.
 """

@@ -14,7 +14,7 @@ import torch
 
 from fer_triton.checkpoint import CAFECheckpoint
 from fer_triton.export.onnx_export import DEFAULT_ATOL, StageReport, export_onnx_stages
-from fer_triton.export.precision_names import CPU_PRECISIONS
+from fer_triton.export.precision_names import CPU_ENGINES, CPU_PRECISIONS
 from fer_triton.export.repository import RepositoryLayout, write_repository
 from fer_triton.export.validate import validate_graphs
 from fer_triton.metrics import DEFAULT_MIN_TOP1_AGREEMENT
@@ -37,6 +37,9 @@ class ExportResult:
     gpu_precision: object | None = None      # precision.PrecisionReport of the FP16 check
     cpu_precision: object | None = None      # quantize.QuantizationReport of an INT8 export
     fused: bool = False                      # CPU layout with one backbone model (export/fuse.py)
+    engine: str = "onnxruntime"              # CPU engine of the heavy models: onnxruntime | openvino
+    openvino: object | None = None           # openvino_engine.OpenVINOExport of --engine openvino
+    engine_choice: object | None = None      # engine_choice.EngineChoice of --engine auto
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path, *, wire_size: int = 224,
@@ -45,24 +48,38 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, wire_size: 
                       on_report: Callable[[StageReport], None] | None = None,
                       target: str = "cpu", gpu_options=None, precision: str = "fp32",
                       min_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT, max_prob_diff: float | None = None,
-                      fused: bool = False) -> ExportResult:
+                      fused: bool = False, engine: str = "onnxruntime",
+                      inference_precision: str = "auto", detector=None,
+                      auto_candidates: tuple[str, ...] | None = None) -> ExportResult:
     """Export every stage, validate each and the whole chain against PyTorch, then write the repository.
 
     The graphs the repository serves are validated as its ensemble runs them (export/validate.py):
     FP32 staged, FP32 fused (the merged backbone), INT8 staged and INT8 fused alike. ``atol``: FP32
     max |ONNX - PyTorch|. INT8: top-1 agreement with PyTorch of at least ``min_agreement`` and no
     probability moved by more than ``max_prob_diff`` (default: precision_names' INT8 tolerance) on
-    drawn faces. Nothing is written to ``output`` unless every check passed: raises
+    drawn faces. ``engine`` (CPU): onnxruntime, openvino (export/openvino_engine.py: IR + NNCF INT8, BF16
+    chosen at load per ``inference_precision``) or auto (export/engine_choice.py: the fastest variant
+    measured on this host that passes the bar). ``detector``: export/detector.py's DetectorOptions (or
+    "mtcnn" / "none"; None = MTCNN): the face detector and ``<prefix>_frames``.
+    Nothing is written to ``output`` unless every check passed: raises
     ExportValidationError (AgreementError), PrecisionCheckError, FileExistsError or ValueError.
     """
     if wire_size not in WIRE_SIZES:
         raise ValueError(f"wire size must be one of {WIRE_SIZES}, not {wire_size}")
+    from fer_triton.export.detector import DetectorOptions
+
+    detector = DetectorOptions.parse(detector or "mtcnn")
+    detector.validate()  # a DetectorExportError (ValueError) before any work
     if target not in TARGETS:
         raise ValueError(f"export target must be one of {TARGETS}, not {target!r}")
     if (precision != "fp32" or fused) and target != "cpu":
         raise ValueError("--precision int8 and --layout fused are CPU-only: use them with --target cpu")
     if precision not in CPU_PRECISIONS:
         raise ValueError(f"CPU precision must be one of {', '.join(CPU_PRECISIONS)}, not {precision!r}")
+    if engine not in CPU_ENGINES:
+        raise ValueError(f"CPU engine must be one of {', '.join(CPU_ENGINES)}, not {engine!r}")
+    if engine != "onnxruntime" and target != "cpu":
+        raise ValueError("--engine openvino/auto is CPU-only: use it with --target cpu")
     if precision != "fp32" and not 0.0 < min_agreement <= 1.0:
         raise ValueError(f"min_agreement must be in (0, 1], not {min_agreement}")
     if target != "cpu":
@@ -95,8 +112,30 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, wire_size: 
             "precision": precision,
             "layout": "fused" if fused else "staged",
         }
+        choice = None
+        if engine == "auto":  # measure the candidates on this host, keep the fastest that passes the bar
+            from fer_triton.export.engine_choice import choose_engine
+
+            choice = choose_engine(model, paths, names, layout, tmp / "auto", wire_size=wire_size, fused=fused,
+                                   atol=atol, min_agreement=min_agreement, max_prob_diff=max_prob_diff,
+                                   threads=threads, candidates=auto_candidates)
+            engine, precision, inference_precision = choice.engine, choice.precision, choice.inference_precision
+            metadata.update(precision=precision, engine_choice=choice.summary())
         cpu_report = None
-        if precision != "fp32" or fused:  # other graphs than the FP32 stages above: validate what is served
+        openvino = None
+        if engine == "openvino":
+            from fer_triton.export.openvino_engine import export_openvino
+
+            graphs = {stage: paths[name] for stage, name in names.items()}
+            if fused:
+                graphs = _fuse(graphs, tmp / "fused" / f"{layout.backbone}.onnx")
+            openvino = export_openvino(model, graphs, {**names, "backbone": layout.backbone}, tmp / "openvino",
+                                       wire_size=wire_size, precision=precision,
+                                       inference_precision=inference_precision, atol=atol,
+                                       min_agreement=min_agreement, max_prob_diff=max_prob_diff, threads=threads,
+                                       reference=getattr(choice, "reference", None))
+            metadata.update(openvino.metadata())
+        elif precision != "fp32" or fused:  # other graphs than the FP32 stages above: validate what is served
             start = time.perf_counter()
             methods = {}
             if precision == "int8":
@@ -123,14 +162,23 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, wire_size: 
                 log.info("%s", checked.summary())
         write_repository(output, paths, layout=layout, wire_size=wire_size, classes=ckpt.classes,
                          max_batch_size=max_batch_size, threads=threads, metadata=metadata, overwrite=overwrite,
-                         fused=fused)
+                         fused=fused, detector=detector)
+        if openvino is not None:
+            openvino.install(output, layout, fused=fused, threads=threads)
+        if choice is not None:
+            choice.save(output / layout.ensemble)
     gpu_configs = []
     if target != "cpu":
         gpu_configs = write_gpu_configs(output, layout=layout, wire_size=wire_size, num_classes=len(ckpt.classes),
                                         ensemble_max_batch_size=max_batch_size, opts=gpu_options,
                                         gpu_only=(target == "gpu"))
+        # gpu_python (the pip-only GPU server) runs each stage's PyTorch graph, saved beside its model.onnx
+        from fer_triton.export.torch_graphs import write_torch_graphs
+
+        write_torch_graphs(model, output, layout=layout, wire_size=wire_size)
     return ExportResult(output, layout, reports, chain_diff, ckpt.describe_weights(), target, gpu_configs, gpu_report,
-                        cpu_precision=cpu_report, fused=fused)
+                        cpu_precision=cpu_report, fused=fused, engine=engine, openvino=openvino,
+                        engine_choice=choice)
 
 
 def _validation_faces(wire_size: int, precision: str) -> np.ndarray:

@@ -10,6 +10,10 @@ config.pbtxt is the same for every flavour.
                CLIP encoder and the mask net; engines are built at load (warm-up) and cached
     tensorrt   tensorrt_plan for the CLIP encoder and the mask net (model.plan, built on the serving
                host by `fer-triton build-trt`); preprocess and head stay on onnxruntime
+    gpu_python the python backend on CUDA (export/triton_python/cuda_model.py: onnxruntime-gpu with IO
+               binding where installed, else PyTorch on the stage's model.pt2, FP16/BF16 autocast for
+               the CLIP encoder and mask net), tensors passed between stages on the GPU by DLPack: the
+               pip-only GPU server (`fer-triton serve --model-config-name gpu_python`, no container)
 
 Stale TensorRT engines: ONNX Runtime's TensorRT accelerator names a cached engine
 ``TensorrtExecutionProvider_TRTKernel_graph_<graph name>_<id>_...`` where ``<id>`` hashes the model's
@@ -50,7 +54,13 @@ from fer_triton.metrics import DEFAULT_MIN_TOP1_AGREEMENT
 if TYPE_CHECKING:
     from fer_triton.export.precision import PrecisionReport
 
-VARIANTS = ("gpu", "gpu_trt", "tensorrt")
+# The variants NVIDIA's container serves with its native backends, and the pip-only one (python backend).
+NATIVE_VARIANTS = ("gpu", "gpu_trt", "tensorrt")
+PYTHON_VARIANT = "gpu_python"
+VARIANTS = (*NATIVE_VARIANTS, PYTHON_VARIANT)
+# gpu_python: the precision PyTorch autocasts the CLIP encoder and mask net to; where its instances run.
+PYTHON_PRECISIONS = ("fp32", "fp16", "bf16")
+PYTHON_DEVICES = ("auto", "cpu")
 PRECISIONS = TENSORRT_PRECISIONS
 # Stages worth a TensorRT engine: they hold nearly all of the model's FLOPs.
 TRT_STAGES = REDUCED_STAGES
@@ -159,6 +169,11 @@ class GPUOptions:
     check_faces: int = 32
     min_top1_agreement: float = DEFAULT_MIN_TOP1_AGREEMENT
     max_prob_diff: float = DEFAULT_MAX_PROB_DIFF
+    # gpu_python: autocast precision of the CLIP encoder and mask net (preprocess and head stay FP32), and
+    # where its instances run: "auto" = KIND_GPU on CUDA (the CPU, logged, where PyTorch sees no GPU);
+    # "cpu" = KIND_CPU instances on the CPU (a tritonserver with no GPU refuses KIND_GPU instances).
+    python_precision: str = "fp16"            # FP16: what the export's FP16 check compared with FP32
+    python_device: str = "auto"
 
     def validate(self, ensemble_max_batch_size: int) -> None:
         if self.precision not in PRECISIONS:
@@ -176,6 +191,9 @@ class GPUOptions:
         if not self.trt_cache_path.startswith("/") or self.trt_cache_path.rstrip("/") in ("", "/tmp"):
             raise ValueError(f"--trt-cache-path must be an absolute folder of its own in the container (e.g. "
                              f"/tmp/fer-triton-trt-cache), not {self.trt_cache_path!r}")
+        if self.python_precision not in PYTHON_PRECISIONS or self.python_device not in PYTHON_DEVICES:
+            raise ValueError(f"gpu_python precision must be one of {PYTHON_PRECISIONS} and its device one of "
+                             f"{PYTHON_DEVICES}, not {self.python_precision!r} / {self.python_device!r}")
         if self.check_faces < 1 or not 0 <= self.min_top1_agreement <= 1 or self.max_prob_diff < 0:
             raise ValueError("precision check needs >= 1 face, a top-1 agreement in [0, 1] and a max |dp| >= 0")
 
@@ -281,10 +299,94 @@ def tensorrt_plan_config(stage: str, model_name: str, wire_size: int, num_classe
     return cfg
 
 
+# The gpu_python runner, copied beside model.py into every version of the four stages.
+CUDA_RUNNER_FILENAME = "cuda_model.py"
+TORCH_GRAPH_FILENAME = "model.pt2"          # export/torch_graphs.py
+
+
+def python_cuda_config(stage: str, model_name: str, wire_size: int, num_classes: int,
+                       opts: GPUOptions) -> mc.ModelConfig:
+    """gpu_python: the python backend running ``cuda_model.py`` on CUDA (KIND_GPU), inputs left in GPU
+    memory between stages (FORCE_CPU_ONLY_INPUT_TENSORS "no"); ``opts.python_device`` "cpu" makes the
+    instances KIND_CPU on the CPU (what a tritonserver without a GPU accepts)."""
+    cfg = _base_config(stage, model_name, wire_size, num_classes, opts, opts.max_batch_size)
+    cfg.backend = "python"
+    cfg.default_model_filename = CUDA_RUNNER_FILENAME
+    on_cpu = opts.python_device == "cpu"
+    if on_cpu:
+        for group in cfg.instance_group:
+            group.kind = mc.ModelInstanceGroup.KIND_CPU
+            del group.gpus[:]
+    params = {
+        # python backend: keep inputs where the previous stage left them (GPU), handed over by DLPack
+        "FORCE_CPU_ONLY_INPUT_TENSORS": "no",
+        "device": "cpu" if on_cpu else "auto",
+        "precision": opts.python_precision if stage in TRT_STAGES else "fp32",
+        "engine": "auto",
+        "onnx_file": "model.onnx",
+        "torch_graph": TORCH_GRAPH_FILENAME,
+    }
+    for key, value in params.items():
+        cfg.parameters[key].string_value = value
+    return cfg
+
+
+def copy_cuda_runner(model_dir: Path) -> list[Path]:
+    """Put the gpu_python runner beside model.py in every version folder of ``model_dir`` (idempotent)."""
+    import shutil
+    from importlib import resources
+
+    source = Path(str(resources.files("fer_triton.export") / "triton_python" / CUDA_RUNNER_FILENAME))
+    copied = []
+    for version in version_dirs(model_dir):
+        shutil.copyfile(source, version / CUDA_RUNNER_FILENAME)
+        copied.append(version / CUDA_RUNNER_FILENAME)
+    return copied
+
+
+# tritonserver flags for gpu_python: GPU tensors cross between the server and the python-backend stubs
+# through Triton's CUDA memory pool (64 MB per GPU by default; a batch of 256 pixel tensors is 154 MB), and
+# CPU tensors through a /dev/shm region that grows in 1 MB steps by default (256 faces are 38 MB).
+CUDA_POOL_BYTES = 1 << 30
+SHM_GROWTH_BYTES = 32 << 20
+
+
+def python_server_args(gpu_count: int | None = None) -> list[str]:
+    """Extra tritonserver arguments for serving the gpu_python variant: a CUDA memory pool of
+    CUDA_POOL_BYTES on each GPU (``gpu_count``; default: what PyTorch sees, 1 without it) and larger
+    python-backend shared-memory growth steps. Harmless on a host without a GPU."""
+    if gpu_count is None:
+        try:
+            import torch
+
+            gpu_count = max(1, torch.cuda.device_count())
+        except ImportError:
+            gpu_count = 1
+    return [*(f"--cuda-memory-pool-byte-size={i}:{CUDA_POOL_BYTES}" for i in range(gpu_count)),
+            f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}"]
+
+
+def add_cuda_runner(version_folder: Path) -> bool:
+    """For a version folder written after export (``retrain`` publishes): when its model has gpu_python
+    configs, copy the runner beside model.py and return True (the caller may add ``model.pt2``; without
+    it the runner runs model.onnx with onnxruntime, logged). False, and nothing written, otherwise."""
+    version_folder = Path(version_folder)
+    if not any((version_folder.parent / "configs").glob(f"{PYTHON_VARIANT}*.pbtxt")):
+        return False
+    import shutil
+    from importlib import resources
+
+    source = Path(str(resources.files("fer_triton.export") / "triton_python" / CUDA_RUNNER_FILENAME))
+    shutil.copyfile(source, version_folder / CUDA_RUNNER_FILENAME)
+    return True
+
+
 def variant_config(variant: str, stage: str, model_name: str, wire_size: int, num_classes: int,
                    opts: GPUOptions, name: str = "") -> mc.ModelConfig:
     if variant not in VARIANTS:
         raise ValueError(f"GPU variant must be one of {VARIANTS}, not {variant!r}")
+    if variant == PYTHON_VARIANT:
+        return python_cuda_config(stage, model_name, wire_size, num_classes, opts)
     if variant == "tensorrt" and stage in TRT_STAGES:
         return tensorrt_plan_config(stage, model_name, wire_size, num_classes, opts, name)
     return onnxruntime_config(stage, model_name, wire_size, num_classes, opts,
@@ -313,6 +415,7 @@ def write_gpu_configs(repository: str | Path, *, layout: RepositoryLayout = Repo
             raise FileNotFoundError(f"{model_dir} is missing: GPU configs need an exported repository with "
                                     f"the staged layout (not --layout fused)")
         (model_dir / "configs").mkdir(exist_ok=True)
+        copy_cuda_runner(model_dir)
         for variant in VARIANTS:
             path = model_dir / "configs" / f"{config_name(variant, name)}.pbtxt"
             cfg = variant_config(variant, stage, model_name, wire_size, num_classes, opts, name)
@@ -327,6 +430,13 @@ def write_gpu_configs(repository: str | Path, *, layout: RepositoryLayout = Repo
     if (repository / layout.site_head).is_dir():  # python backend everywhere: configs sized like the head's
         written += [p for p in sync_site_head_configs(repository, layout)
                     if p.parent.name == "configs" or gpu_only]
+    # Face detector nets: native onnxruntime on the GPU; <prefix>_frames stays python (export/detector.py).
+    from fer_triton.export.detector import write_detector_gpu_configs
+
+    written += write_detector_gpu_configs(repository, prefix=layout.prefix,
+                                          variants=[config_name(v, name) for v in NATIVE_VARIANTS],
+                                          python_variants=[config_name(PYTHON_VARIANT, name)],
+                                          instances=opts.instances, gpus=opts.gpus, gpu_only=gpu_only)
     return written
 
 
@@ -401,6 +511,9 @@ class ServedEngine:
                     mode = accelerator.get("parameters", {}).get("precision_mode", "FP32")
                     return cls(name, "onnxruntime-tensorrt", str(mode).lower(), True)
             return cls(name, "onnxruntime-cuda" if on_gpu else "onnxruntime-cpu", "fp32" if on_gpu else None, on_gpu)
+        if backend == "python" and params.get("precision"):  # gpu_python (cuda_model.py)
+            on_gpu = on_gpu and params.get("device", "auto") != "cpu"
+            return cls(name, "python-cuda" if on_gpu else "python-cpu", params["precision"], on_gpu)
         if backend == "python":
             return cls(name, "python", None, False)
         return cls(name, "other", None, on_gpu)

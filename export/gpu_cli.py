@@ -30,6 +30,12 @@ CONFIG_OPTIONS = [
                  help="Writable folder in the serving container for gpu_trt's TensorRT engine and timing caches "
                       "(one for all models; a named set uses <path>_<name>). Its parent must exist there: ONNX "
                       "Runtime creates only the last folder."),
+    click.option("--gpu-python-precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp16",
+                 show_default=True, help="gpu_python variant (pip-only GPU server): PyTorch autocast precision of "
+                                         "the CLIP encoder and mask net; preprocess and head stay FP32."),
+    click.option("--gpu-python-device", type=click.Choice(["auto", "cpu"]), default="auto", show_default=True,
+                 help="gpu_python variant: auto = KIND_GPU instances on CUDA; cpu = KIND_CPU instances on the CPU "
+                      "(a tritonserver without a GPU refuses KIND_GPU)."),
 ]
 
 
@@ -59,7 +65,9 @@ def gpu_settings(gpu: dict) -> tuple[str, GPUOptions]:
         queue_delay_us=gpu["gpu_queue_delay_us"], trt_cache_path=gpu["trt_cache_path"],
         default_variant=gpu.get("gpu_default_config", defaults.default_variant),
         min_top1_agreement=gpu.get("fp16_min_top1", defaults.min_top1_agreement),
-        max_prob_diff=gpu.get("fp16_max_prob_diff", defaults.max_prob_diff))
+        max_prob_diff=gpu.get("fp16_max_prob_diff", defaults.max_prob_diff),
+        python_precision=gpu.get("gpu_python_precision", defaults.python_precision),
+        python_device=gpu.get("gpu_python_device", defaults.python_device))
 
 
 def echo_gpu_result(result) -> None:
@@ -70,7 +78,8 @@ def echo_gpu_result(result) -> None:
         click.echo(f"  precision: {result.gpu_precision.summary()}")
     variants = ", ".join(VARIANTS)
     click.echo(f"GPU configs ({variants}) in <model>/configs/: serve with NVIDIA's Triton container and "
-               f"--model-config-name=<variant> (docs/gpu.md)")
+               f"--model-config-name=<variant>, or without it: fer-triton serve --model-config-name gpu_python "
+               f"(docs/gpu.md)")
 
 
 @click.command("gpu-configs")

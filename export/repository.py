@@ -7,6 +7,8 @@
     <repo>/cafe_head/            clip_features, mask_logits -> masked_features, logits, probabilities
     <repo>/cafe_sites/           ensemble: faces + site (BYTES [B,1]) -> the same outputs, each face by its site's head
     <repo>/cafe_site_head/       base head outputs + site -> each site's own head (python backend, numpy)
+    <repo>/cafe_frames/          frames (JPEG/PNG bytes, raw UINT8) -> one row per face (export/detector.py)
+    <repo>/cafe_detector_*/      the face detector's nets (MTCNN P-, R-, O-net) that cafe_frames calls
 
 Fused CPU layout (``fused=True``): ``<repo>/cafe_backbone/`` (faces -> clip_features, mask_logits, one
 merged graph) replaces the first three models; the ensemble and ``cafe_head`` are unchanged.
@@ -73,6 +75,11 @@ class RepositoryLayout:
     def sites_ensemble(self) -> str:
         """The ensemble clients call with a ``site`` input per face."""
         return f"{self.prefix}_sites"
+
+    @property
+    def frames(self) -> str:
+        """Frames in, faces out: decode, detect, crop, classify (export/detector.py, docs/frames.md)."""
+        return f"{self.prefix}_frames"
 
     def model_name(self, stage: str) -> str:
         """Model name of ``stage``: one of ``stages``, "backbone" or "site_head"; KeyError otherwise."""
@@ -312,7 +319,7 @@ def replace_config(path: Path, cfg: mc.ModelConfig) -> None:
 def write_repository(out_dir: Path, onnx_paths: dict[str, Path], *, layout: RepositoryLayout = RepositoryLayout(),
                      wire_size: int = 224, classes: tuple[str, ...], max_batch_size: int = 64,
                      threads: int = 0, metadata: dict | None = None, overwrite: bool = False,
-                     fused: bool = False) -> Path:
+                     fused: bool = False, detector=None) -> Path:
     """Write the CPU-flavour repository (version 1 of every model) into ``out_dir``.
 
     ``onnx_paths`` maps Triton model names to validated ONNX files (moved into the repository).
@@ -320,6 +327,8 @@ def write_repository(out_dir: Path, onnx_paths: dict[str, Path], *, layout: Repo
     graph in one process) before the head; clients see the same ensemble and tensors.
     Every layout also gets the site models (``write_site_models``: ``<prefix>_sites`` and
     ``<prefix>_site_head`` with no site yet).
+    ``detector``: export/detector.py's DetectorOptions, or "mtcnn" / "none"; None (the default) means
+    "mtcnn": the MTCNN nets and ``<prefix>_frames`` (``write_detector_models``).
     """
     out_dir = Path(out_dir)
     names = layout.stages
@@ -353,4 +362,9 @@ def write_repository(out_dir: Path, onnx_paths: dict[str, Path], *, layout: Repo
                           fused=fused)
     (ensemble_dir / "config.pbtxt").write_text(config_text(cfg))
     write_site_models(out_dir, layout)
+    from fer_triton.export.detector import DetectorOptions, write_detector_models
+
+    write_detector_models(out_dir, prefix=layout.prefix, classifier=layout.ensemble, wire_size=wire_size,
+                          num_classes=len(classes), options=DetectorOptions.parse(detector or "mtcnn"),
+                          classifier_max_batch_size=max_batch_size, overwrite=overwrite)
     return out_dir

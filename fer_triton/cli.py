@@ -52,9 +52,12 @@ def _raise_interrupt(*_):
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for all models to load.")
 @click.option("--restrict-config", is_flag=True,
               help="Also put the model-config API behind the admin key (clients then need the key to read configs).")
+@click.option("--model-config-name", metavar="VARIANT",
+              help="Serve each model's configs/VARIANT.pbtxt instead of config.pbtxt (tritonserver's own flag), "
+                   "e.g. gpu_python: the pip-only GPU server (docs/gpu.md).")
 @verbose_option
 def serve(repository, host, grpc_port, http_port, metrics_port, log_file, log_verbose, timeout, restrict_config,
-          verbose):
+          verbose, model_config_name=None):
     """Start the real tritonserver (CPU, from the nvidia-pytriton wheel) on a model repository.
 
     Model control (load, unload, repository index) is restricted to requests carrying the admin key
@@ -76,8 +79,14 @@ def serve(repository, host, grpc_port, http_port, metrics_port, log_file, log_ve
                     "FER_TRITON_ADMIN_KEY_FILE.", fg="yellow", err=True)
     server = TritonServer(repository, host=host, grpc_port=grpc_port, http_port=http_port,
                           metrics_port=metrics_port, log_file=log_file, log_verbose=log_verbose,
-                          admin_key=admin_key, restrict_config=restrict_config)
-    click.echo(f"starting tritonserver on {repository} ...")
+                          admin_key=admin_key, restrict_config=restrict_config,
+                          extra_args=[f"--model-config-name={model_config_name}"] if model_config_name else [])
+    if model_config_name and model_config_name.startswith("gpu_python"):  # GPU tensors between stages
+        from fer_triton.export.gpu import python_server_args
+
+        server.extra_args += python_server_args()
+    click.echo(f"starting tritonserver on {repository}" + (f" ({model_config_name})" if model_config_name else "")
+               + " ...")
     try:
         server.start(timeout_s=timeout)
     except TritonServerError as exc:
@@ -101,6 +110,7 @@ def serve(repository, host, grpc_port, http_port, metrics_port, log_file, log_ve
 def _register_commands() -> None:
     # Each command lives beside the library it drives; those modules import heavy packages lazily.
     from fer_triton.bench import bench
+    from fer_triton.benchmarks.gpu_check import gpu_check
     from fer_triton.client.cli import infer
     from fer_triton.client.stream_cli import stream
     from fer_triton.demo import demo
@@ -113,6 +123,7 @@ def _register_commands() -> None:
     for command in (demo, export, serve, infer, stream, retrain, rollback, drift, sites, train, evaluate, explain,
                     build_trt, check_precision, gpu_configs, bench, status):
         cli.add_command(command)
+    cli.add_command(gpu_check)  # benchmarks/gpu_check.py: the one-shot GPU check (issue #16)
 
 
 _register_commands()

@@ -50,6 +50,9 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "evaluate": ("train", None),
     "explain": ("train", None),
     "bench": ("bench", None),
+    # PyTorch (CUDA) in-process + the gpu_python variant on the pip tritonserver (benchmarks/gpu_check.py);
+    # its repository is PyTorch graphs only (export/gpu_python_repository.py): no ONNX package is needed
+    "gpu-check": ("bench", ("torch", "open_clip", "pytriton", "psutil")),
 }
 
 

@@ -103,12 +103,38 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_repository(tmp_path_factory, tiny_checkpoint) -> Path:
-    """An exported (CPU flavour) repository. Treat as read-only: copy it to change it."""
+    """An exported (CPU flavour) repository. Treat as read-only: copy it to change it.
+
+    Exported with ``detector="none"``: the face detector's four python-backend models (what a plain
+    export adds, export/detector.py) would slow every server start of the suite; tests of frames
+    use ``frames_repository`` / ``frames_server``.
+    """
     from fer_triton.export.exporter import export_checkpoint
 
     out = tmp_path_factory.mktemp("repo") / "model_repository"
-    export_checkpoint(tiny_checkpoint, out)
+    export_checkpoint(tiny_checkpoint, out, detector="none")
     return out
+
+
+@pytest.fixture(scope="session")
+def frames_repository(tmp_path_factory, tiny_repository) -> Path:
+    """``tiny_repository`` plus what a plain ``fer-triton export`` adds to it: the MTCNN nets and
+    ``cafe_frames`` (export/detector.py, default options). Treat as read-only."""
+    from fer_triton.export.detector import DetectorOptions, write_detector_models
+
+    out = tmp_path_factory.mktemp("frames") / "model_repository"
+    shutil.copytree(tiny_repository, out)
+    write_detector_models(out, prefix="cafe", classifier="cafe", wire_size=224, num_classes=7,
+                          options=DetectorOptions(), classifier_max_batch_size=64)
+    return out
+
+
+@pytest.fixture(scope="session")
+def frames_server(frames_repository):
+    """One real tritonserver serving ``frames_repository`` (``cafe_frames``, the detector nets, ``cafe``)."""
+    server = start_server(frames_repository)
+    yield server
+    server.stop()
 
 
 @pytest.fixture

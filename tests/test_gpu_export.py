@@ -52,7 +52,8 @@ def _config(repo: Path, stage: str, variant: str) -> mc.ModelConfig:
 
 def test_every_config_of_both_flavours_parses_against_tritons_schema(both_repository):
     configs = sorted(both_repository.glob("*/config.pbtxt")) + sorted(both_repository.glob("*/configs/*.pbtxt"))
-    assert len(configs) == 7 + 5 * len(gpu.VARIANTS)  # 5 models + the site head and the sites ensemble
+    # 5 models + the site head and the sites ensemble, + the detector nets (3) and cafe_frames (export/detector.py)
+    assert len(configs) == 7 + 4 + (5 + 4) * len(gpu.VARIANTS)
     for path in configs:
         cfg = _parse(path)  # raises ParseError on any field Triton's schema does not have
         model_dir = path.parent if path.name == "config.pbtxt" else path.parent.parent
@@ -63,7 +64,7 @@ def test_every_config_of_both_flavours_parses_against_tritons_schema(both_reposi
 
 def test_gpu_variants_use_the_expected_engines(both_repository):
     ensemble = _parse(both_repository / "cafe" / "config.pbtxt")
-    for variant in gpu.VARIANTS:
+    for variant in gpu.NATIVE_VARIANTS:  # gpu_python: tests/test_gpu_python.py
         for stage, name in STAGES.items():
             cfg = _config(both_repository, stage, variant)
             trt_plan = variant == "tensorrt" and stage in gpu.TRT_STAGES
@@ -283,7 +284,7 @@ def test_full_size_vit_b32_exports_for_gpu_with_a_passing_fp16_check(tmp_path):
     report = result.gpu_precision
     print(report.summary())
     assert report.passed and report.faces == 32 and 0 < report.max_prob_diff < 1e-2
-    assert len(result.gpu_configs) == 5 * len(gpu.VARIANTS)
+    assert len(result.gpu_configs) == (5 + 4) * len(gpu.VARIANTS)  # + the 3 detector nets and cafe_frames
 
 
 def test_gpu_configs_command_adds_a_set_sized_for_one_gpu_type(repository_copy, server_factory):
