@@ -40,6 +40,18 @@ from fer_triton import __version__
 
 # The python-backend model.py copied into every CPU model version (package data: see pyproject.toml).
 RUNNER_SOURCE = Path(str(resources.files("fer_triton.export") / "triton_python" / "onnx_model.py"))
+# The OpenVINO runner (`export --engine openvino`, export/openvino_engine.py); it reads a version's
+# model.xml, or its model.onnx where a later version has no IR.
+OPENVINO_RUNNER_SOURCE = Path(str(resources.files("fer_triton.export") / "triton_python" / "openvino_model.py"))
+
+
+def runner_source(model_dir: Path) -> Path:
+    """The python-backend runner a NEW version of the model in ``model_dir`` gets (retrain publishing):
+    OpenVINO's where its config says ``engine: openvino`` (so a published version keeps the engine the
+    model was exported with), else onnxruntime's. FileNotFoundError when ``model_dir`` has no config.pbtxt."""
+    cfg = parse_config(Path(model_dir) / "config.pbtxt")
+    engine = cfg.parameters["engine"].string_value if "engine" in cfg.parameters else "onnxruntime"
+    return OPENVINO_RUNNER_SOURCE if engine == "openvino" else RUNNER_SOURCE
 
 
 @dataclass(frozen=True)

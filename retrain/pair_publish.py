@@ -30,7 +30,7 @@ from typing import Callable
 
 from fer_triton.client import FerClient
 from fer_triton.export.onnx_export import export_stage, mask_net_spec
-from fer_triton.export.repository import RUNNER_SOURCE, RepositoryLayout, parse_config, replace_config
+from fer_triton.export.repository import RepositoryLayout, parse_config, replace_config, runner_source
 from fer_triton.model import MaskNet
 from fer_triton.retrain.fit import LinearHead
 from fer_triton.retrain.pins import check_unpinned, write_pins
@@ -67,7 +67,7 @@ def write_mask_version(masks: StageVersions, version: int, net: MaskNet, *, wire
 
     def fill(folder: Path) -> None:
         report = export_stage(mask_net_spec(net.eval(), masks.name, wire_size), folder / "model.onnx")
-        shutil.copyfile(RUNNER_SOURCE, folder / "model.py")
+        shutil.copyfile(runner_source(masks.model_dir), folder / "model.py")  # the engine it was exported with
         from fer_triton.export.gpu import add_cuda_runner
 
         if add_cuda_runner(folder):  # gpu_python variant: its runner and the PyTorch graph it runs on CUDA

@@ -37,7 +37,7 @@ from tritonclient.utils import InferenceServerException
 
 from fer_triton.client import FerClient
 from fer_triton.export.onnx_export import HeadGraph, StageSpec, export_stage
-from fer_triton.export.repository import RUNNER_SOURCE, RepositoryLayout
+from fer_triton.export.repository import RepositoryLayout, runner_source
 from fer_triton.retrain.fit import LinearHead
 from fer_triton.retrain.pins import check_unpinned
 from fer_triton.retrain.replicas import Fleet, FleetError, as_fleet
@@ -224,7 +224,7 @@ def write_head_version(heads: StageVersions, version: int, head: LinearHead, *, 
 
     def fill(folder: Path) -> None:
         diff = export_head(head, folder / "model.onnx", heads.name)
-        shutil.copyfile(RUNNER_SOURCE, folder / "model.py")
+        shutil.copyfile(runner_source(heads.model_dir), folder / "model.py")
         from fer_triton.export.gpu import add_cuda_runner
 
         add_cuda_runner(folder)  # gpu_python variant: its runner (the 512x7 head runs model.onnx, no graph needed)

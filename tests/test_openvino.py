@@ -169,3 +169,19 @@ def test_bench_variant_names_and_peak_arithmetic():
     assert peak["peak_faces_per_s"]["fp32"] == pytest.approx(2 * 2.6 * 32 / 12.4, abs=0.05)
     amx = cpu_peak({"avx512f", "avx512_bf16", "amx_bf16", "amx_int8"}, cores=1, mhz=2000.0, vendor="GenuineIntel")
     assert amx["flop_per_cycle"] == {"fp32": 64, "bf16": 1024, "int8": 2048}
+
+
+def test_published_versions_keep_the_engine_they_were_exported_with(ov_repository, tmp_path):
+    """retrain publishes a mask net (or head) version with the runner its model was exported with; the OpenVINO
+    runner reads that version's model.onnx when the version has no IR (publishing writes ONNX only)."""
+    from fer_triton.export.repository import OPENVINO_RUNNER_SOURCE, RUNNER_SOURCE, runner_source
+    from fer_triton.export.triton_python.openvino_model import model_path
+
+    repo, _ = ov_repository
+    assert runner_source(repo / "ovf_mask_net") == OPENVINO_RUNNER_SOURCE
+    assert runner_source(repo / "ovf_clip_encoder") == OPENVINO_RUNNER_SOURCE
+    assert runner_source(repo / "ovf_head") == RUNNER_SOURCE  # the 512x7 head stays on onnxruntime
+    (tmp_path / "model.onnx").write_bytes(b"")
+    assert model_path(str(tmp_path)) == str(tmp_path / "model.onnx")
+    with pytest.raises(FileNotFoundError, match="neither model.xml nor model.onnx"):
+        model_path(str(tmp_path / "empty"))
