@@ -66,7 +66,7 @@ develop: install
 demo: project
 	$(VENV)/bin/fer-triton demo
 
-# The default run: everything except tests marked slow (full-size ViT-B/32); about 13 min on 2 cores.
+# The default run: everything except tests marked slow (full-size ViT-B/32); about 15 min on 2 cores.
 test: project
 	$(TEST_ENV) $(VENV)/bin/pytest -q -m "not slow"
 
