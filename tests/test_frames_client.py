@@ -171,6 +171,25 @@ def test_stream_detect_server_with_tracking_accounts_for_every_frame(frames_serv
         assert box_iou(Box(*a["box"]), Box(*b["box"])) > 0.85
 
 
+def test_stream_detect_server_reports_a_frame_the_server_refuses_and_answers_the_others(frames_server, tmp_path):
+    """A frame the client reads (64 MP limit) but the frames model refuses (its max_pixels, 33 MP, checked
+    from the JPEG header before decoding) ends as that frame's bad_frame record; the frames around it
+    are answered: nothing accepted is lost."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    face = moving_frames(1)[0]
+    (folder / "000.png").write_bytes(png(face))
+    (folder / "001.png").write_bytes(png(np.full((6000, 6200, 3), 90, np.uint8)))  # 37.2 MP: flat, a small PNG
+    (folder / "002.png").write_bytes(png(face))
+    summary, records = _stream(frames_server.grpc_url, folder, detect="server", batch_size=4)
+    total = summary.accounting
+    assert total.balanced and total.frames_read == 3
+    assert [r["frame"] for r in records if "face" in r] == [0, 2]
+    (bad,) = [r for r in records if r.get("frame") == 1]
+    assert bad.get("event") == "bad_frame", bad
+    assert "above max_pixels 33177600" in json.dumps(bad) and "refused before decoding" in json.dumps(bad)
+
+
 # ---- detection-quality scoring (no server) ----------------------------------------------------
 
 def test_detection_quality_scoring_counts_found_faces_and_false_positives():
