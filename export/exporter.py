@@ -104,10 +104,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, wire_size: 
         if target != "cpu":
             gpu_report = check_export_precision(fp32_graphs, wire_size, gpu_options, tmp / "fp16")
         metadata = {
-            "clip_model": ckpt.clip_model,
-            "clip_weights": "random" if ckpt.clip_is_random else str(ckpt.clip_pretrained),
-            "mask_net_init": ckpt.mask_net_init,
-            "checkpoint": str(Path(checkpoint).resolve()),
+            **ckpt.provenance(checkpoint),
             "export_max_abs_diff": chain_diff,
             "precision": precision,
             "layout": "fused" if fused else "staged",

@@ -114,10 +114,7 @@ def export_gpu_python(checkpoint: str | Path, output: str | Path, *, opts: GPUOp
         by_stage = {stage: graphs[name] for stage, name in layout.stages.items()}
         chain_diff = check_graph_chain(model, by_stage, wire_size, atol=atol)
         metadata = {
-            "clip_model": ckpt.clip_model,
-            "clip_weights": "random" if ckpt.clip_is_random else str(ckpt.clip_pretrained),
-            "mask_net_init": ckpt.mask_net_init,
-            "checkpoint": str(Path(checkpoint).resolve()),
+            **ckpt.provenance(checkpoint),
             "export_max_abs_diff": chain_diff,
             "precision": "fp32",
             "layout": "staged",

@@ -54,6 +54,17 @@ class CAFECheckpoint:
     def clip_is_random(self) -> bool:
         return self.clip_pretrained is None
 
+    def provenance(self, path: str | Path) -> dict:
+        """Where a repository exported from this checkpoint (read from ``path``) comes from: the ensemble
+        metadata's ``clip_model``, ``clip_weights`` ("random" or the pretrained tag/path), ``mask_net_init``
+        and ``checkpoint`` (absolute path). Clients read ``clip_weights`` to flag random-weight models."""
+        return {
+            "clip_model": self.clip_model,
+            "clip_weights": "random" if self.clip_is_random else str(self.clip_pretrained),
+            "mask_net_init": self.mask_net_init,
+            "checkpoint": str(Path(path).resolve()),
+        }
+
     def describe_weights(self) -> str:
         if self.clip_is_random:
             return f"CLIP {self.clip_model} with RANDOM weights (predictions are meaningless)"
