@@ -470,32 +470,47 @@ class StreamPipeline:
                     self._batches[batch.seq] = batch
             self._send(batch)
 
-    def _send(self, batch: _Batch) -> None:
+    def _start_attempt(self, batch: _Batch):
+        """The server to send ``batch`` to now, counting the attempt; None when the batch was failed (past
+        ``retry_timeout_s`` since its first send) or waits for a benched server to come back."""
         now = time.monotonic()
         if batch.first_sent is not None and now - batch.first_sent > self.config.retry_timeout_s:
             self._fail_batch(batch, f"gave up after {now - batch.first_sent:.0f}s and {batch.attempts} attempts; "
                                     f"last error: {batch.last_error}")
-            return
+            return None
         server = self.pool.pick(exclude=batch.expired_on)
         if server is None:  # every server it may go to is benched: wait for the first to come back
             self._retry_later(batch, self.pool.next_ready_in(exclude=batch.expired_on))
-            return
+            return None
         if batch.first_sent is None:
             batch.first_sent = now
-            for face in batch.faces:
-                self.stats.add(face.frame.outcome.camera, faces_sent=1)
         batch.attempts += 1
-        faces = np.stack([f.crop for f in batch.faces])
-        sites = [self._sites[f.frame.outcome.camera] for f in batch.faces]
-        started = time.perf_counter()
+        return server
 
-        def done(output: InferOutput | None, error: FerServerError | None) -> None:
+    def _guarded(self, batch: _Batch, handle):
+        """``handle`` as a gRPC completion callback: an exception in it fails ``batch`` (logged) instead of
+        vanishing inside a gRPC thread, so the batch's frames still end as records."""
+        def done(*args) -> None:
             try:
-                self._on_answer(batch, server, output, error, started)
-            except Exception:  # never let a bug vanish inside a gRPC thread
+                handle(*args)
+            except Exception:
                 log.exception("failed to handle an answer")
                 self._fail_batch(batch, "internal error while handling the answer (see log)")
 
+        return done
+
+    def _send(self, batch: _Batch) -> None:
+        first = batch.first_sent is None
+        server = self._start_attempt(batch)
+        if server is None:
+            return
+        if first:
+            for face in batch.faces:
+                self.stats.add(face.frame.outcome.camera, faces_sent=1)
+        faces = np.stack([f.crop for f in batch.faces])
+        sites = [self._sites[f.frame.outcome.camera] for f in batch.faces]
+        started = time.perf_counter()
+        done = self._guarded(batch, lambda output, error: self._on_answer(batch, server, output, error, started))
         try:
             server.client.submit(faces, done, sites=sites if any(sites) else None)
         except FerInputError as exc:       # a crop the model cannot take: not worth retrying

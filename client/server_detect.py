@@ -144,30 +144,18 @@ class ServerDetectPipeline(StreamPipeline):
 
     # ---- sending -------------------------------------------------------------------------------
     def _send(self, batch: _Batch) -> None:
-        now = time.monotonic()
-        if batch.first_sent is not None and now - batch.first_sent > self.config.retry_timeout_s:
-            self._fail_batch(batch, f"gave up after {now - batch.first_sent:.0f}s and {batch.attempts} attempts; "
-                                    f"last error: {batch.last_error}")
-            return
-        server = self.pool.pick(exclude=batch.expired_on)
+        server = self._start_attempt(batch)
         if server is None:
-            self._retry_later(batch, self.pool.next_ready_in(exclude=batch.expired_on))
             return
-        if batch.first_sent is None:
-            batch.first_sent = now
-        batch.attempts += 1
         started = time.perf_counter()
 
-        def done(result: FramesResult | None, error: FerServerError | None) -> None:
-            try:
-                if error is not None:
-                    self._on_answer(batch, server, None, error, started)  # retry / failover / fail as for crops
-                else:
-                    self._on_frames(batch, server, result, started)
-            except Exception:  # never let a bug vanish inside a gRPC thread
-                log.exception("failed to handle an answer")
-                self._fail_batch(batch, "internal error while handling the answer (see log)")
+        def answer(result: FramesResult | None, error: FerServerError | None) -> None:
+            if error is not None:
+                self._on_answer(batch, server, None, error, started)  # retry / failover / fail as for crops
+            else:
+                self._on_frames(batch, server, result, started)
 
+        done = self._guarded(batch, answer)
         try:
             FramesClient(server.client, self.frames_model).submit(done, [s.jpeg for s in batch.faces],
                                                                   with_timings=True)
