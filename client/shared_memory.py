@@ -49,38 +49,60 @@ class ShmPool:
     SharedMemoryError when a region cannot be created or the server refuses to register it.
     """
 
+    kind = "system"  # the words in its messages: "system shared memory", "no system shared-memory region ..."
+
     def __init__(self, triton, byte_size: int, count: int = 4, headers: dict[str, str] | None = None):
         import tritonclient.utils.shared_memory as shm
+
+        self._shm = shm
+        self._fill(triton, byte_size, count, headers, prefix="fer", errors=(shm.SharedMemoryException,),
+                   where="a server on this host, sharing /dev/shm")
+
+    def _fill(self, triton, byte_size: int, count: int, headers, *, prefix: str, errors: tuple, where: str) -> None:
+        """Create and register ``count`` regions (``_create`` / ``_register``); on a failure unregister and
+        destroy what was made and raise SharedMemoryError saying it works only with ``where``."""
         from tritonclient.utils import InferenceServerException
 
-        self._shm, self._triton, self._headers = shm, triton, dict(headers or {})
+        self._triton, self._headers = triton, dict(headers or {})
         self.byte_size = int(byte_size)
         self._free: queue.Queue[Region] = queue.Queue()
         self._all: list[Region] = []
         self._lock = threading.Lock()
-        prefix = f"fer_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        prefix = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         try:
             for i in range(count):
-                name = f"{prefix}_{i}"
-                handle = shm.create_shared_memory_region(name, f"/{name}", self.byte_size)
-                region = Region(name, f"/{name}", self.byte_size, handle)
+                region = self._create(f"{prefix}_{i}")
                 self._all.append(region)
-                triton.register_system_shared_memory(name, region.key, self.byte_size, headers=self._headers)
+                self._register(region)
                 self._free.put(region)
-        except (InferenceServerException, shm.SharedMemoryException) as exc:
+        except (InferenceServerException, *errors) as exc:
             self.close()
             message = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
-            raise SharedMemoryError(f"cannot use system shared memory with the server: {message} (it works only "
-                                    "with a server on this host, sharing /dev/shm)") from exc
+            raise SharedMemoryError(f"cannot use {self.kind} shared memory with the server: {message} (it works "
+                                    f"only with {where})") from exc
+
+    def _create(self, name: str) -> Region:
+        return Region(name, f"/{name}", self.byte_size,
+                      self._shm.create_shared_memory_region(name, f"/{name}", self.byte_size))
+
+    def _register(self, region: Region) -> None:
+        self._triton.register_system_shared_memory(region.name, region.key, self.byte_size, headers=self._headers)
+
+    def _unregister(self, region: Region) -> None:
+        self._triton.unregister_system_shared_memory(region.name, headers=self._headers)
+
+    def _take(self, nbytes: int, timeout_s: float | None) -> Region:
+        """A free region for ``nbytes`` bytes; waits up to ``timeout_s`` for one to be released."""
+        if nbytes > self.byte_size:
+            raise ValueError(f"{nbytes} bytes of faces do not fit a {self.byte_size}-byte region")
+        try:
+            return self._free.get(timeout=timeout_s)
+        except queue.Empty:
+            raise SharedMemoryError(f"no {self.kind} shared-memory region came free within {timeout_s} s") from None
 
     def acquire(self, faces: np.ndarray, timeout_s: float | None = None) -> Region:
         """A free region holding ``faces`` (UINT8, at most ``byte_size`` bytes); waits for one to be released."""
-        if faces.nbytes > self.byte_size:
-            raise ValueError(f"{faces.nbytes} bytes of faces do not fit a {self.byte_size}-byte region")
-        try:
-            region = self._free.get(timeout=timeout_s)
-        except queue.Empty:
-            raise SharedMemoryError(f"no shared-memory region came free within {timeout_s} s") from None
+        region = self._take(faces.nbytes, timeout_s)
         self._shm.set_shared_memory_region(region.handle, [np.ascontiguousarray(faces)])
         return region
 
@@ -94,7 +116,7 @@ class ShmPool:
             regions, self._all = self._all, []
         for region in regions:
             try:
-                self._triton.unregister_system_shared_memory(region.name, headers=self._headers)
+                self._unregister(region)
             except Exception:  # noqa: BLE001 - the server may be gone; the region is destroyed anyway
                 pass
             try:
@@ -158,61 +180,37 @@ class CudaShmPool(ShmPool):
     memory is unusable here (:func:`cuda_unavailable`) or the server refuses a region.
     """
 
+    kind = "CUDA"
+
     def __init__(self, triton, byte_size: int, count: int = 4, headers: dict[str, str] | None = None,
                  device_id: int = 0):
         check_shared_memory("cuda", device_id)
         import tritonclient.utils.cuda_shared_memory as cudashm
-        from tritonclient.utils import InferenceServerException
 
-        self._shm, self._triton, self._headers = cudashm, triton, dict(headers or {})
-        self.byte_size, self.device_id = int(byte_size), device_id
-        self._free = queue.Queue()
-        self._all = []
-        self._lock = threading.Lock()
-        prefix = f"fer_cuda_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        try:
-            for i in range(count):
-                name = f"{prefix}_{i}"
-                handle = cudashm.create_shared_memory_region(name, self.byte_size, device_id)
-                region = Region(name, name, self.byte_size, handle)
-                self._all.append(region)
-                triton.register_cuda_shared_memory(name, cudashm.get_raw_handle(handle), device_id, self.byte_size,
-                                                   headers=self._headers)
-                self._free.put(region)
-        except (InferenceServerException, cudashm.CudaSharedMemoryException) as exc:
-            self.close()
-            message = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
-            raise SharedMemoryError(f"cannot use CUDA shared memory with the server: {message} (it works only with a "
-                                    f"server on this host that sees GPU {device_id})") from exc
+        self._shm, self.device_id = cudashm, device_id
+        self._fill(triton, byte_size, count, headers, prefix="fer_cuda", errors=(cudashm.CudaSharedMemoryException,),
+                   where=f"a server on this host that sees GPU {device_id}")
+
+    def _create(self, name: str) -> Region:
+        return Region(name, name, self.byte_size,
+                      self._shm.create_shared_memory_region(name, self.byte_size, self.device_id))
+
+    def _register(self, region: Region) -> None:
+        self._triton.register_cuda_shared_memory(region.name, self._shm.get_raw_handle(region.handle), self.device_id,
+                                                 self.byte_size, headers=self._headers)
+
+    def _unregister(self, region: Region) -> None:
+        self._triton.unregister_cuda_shared_memory(region.name, headers=self._headers)
 
     def acquire(self, faces, timeout_s: float | None = None) -> Region:
         """A free region holding ``faces`` (numpy UINT8 or a DLPack tensor, at most ``byte_size`` bytes)."""
         nbytes = faces.nbytes if isinstance(faces, np.ndarray) else faces.numel() * faces.element_size()
-        if nbytes > self.byte_size:
-            raise ValueError(f"{nbytes} bytes of faces do not fit a {self.byte_size}-byte region")
-        try:
-            region = self._free.get(timeout=timeout_s)
-        except queue.Empty:
-            raise SharedMemoryError(f"no CUDA shared-memory region came free within {timeout_s} s") from None
+        region = self._take(nbytes, timeout_s)
         if isinstance(faces, np.ndarray):
             self._shm.set_shared_memory_region(region.handle, [np.ascontiguousarray(faces)])
         else:
             self._shm.set_shared_memory_region_from_dlpack(region.handle, [faces])
         return region
-
-    def close(self) -> None:
-        """Unregister and free every region (a server that is gone is ignored)."""
-        with self._lock:
-            regions, self._all = self._all, []
-        for region in regions:
-            try:
-                self._triton.unregister_cuda_shared_memory(region.name, headers=self._headers)
-            except Exception:  # noqa: BLE001 - the server may be gone; the region is freed anyway
-                pass
-            try:
-                self._shm.destroy_shared_memory_region(region.handle)
-            except Exception:  # noqa: BLE001 - already freed
-                pass
 
 
 def make_pool(kind, triton, byte_size: int, count: int = 4, headers: dict[str, str] | None = None) -> ShmPool:
